@@ -1,0 +1,166 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""The value handed to notifier drivers: one alert for one failure.
+
+An :class:`Alert` describes an *incident*: one or more error records that
+belong to the same failure, for one rule and one receiver. It is shaped for
+several messages from the start (event types, message count, first and last
+seen) so that correlating messages into one failure changes no driver.
+"""
+
+import dataclasses
+import datetime
+import typing
+import uuid
+
+#: Namespace of the stable incident ids (uuid5).
+_ID_NAMESPACE = uuid.UUID('0f6d1c1e-5a34-4bb4-9d43-5e1f0c3a9b27')
+
+
+@dataclasses.dataclass(frozen=True)
+class Alert:
+    """One alert, for one receiver. Drivers must not modify it."""
+
+    #: Stable id of the incident (the same for every receiver).
+    id: str
+    #: Name of the receiver the alert is for.
+    receiver: str
+    #: Name of the rule that routed it there.
+    rule: typing.Optional[str]
+    #: Nova event types seen, in order of arrival.
+    event_types: typing.Tuple[str, ...]
+    #: Synthetic events derived by the service.
+    synthetic_events: typing.Tuple[str, ...] = ()
+    request_id: typing.Optional[str] = None
+    global_request_id: typing.Optional[str] = None
+    instance_uuid: typing.Optional[str] = None
+    instance_name: typing.Optional[str] = None
+    instance_state: typing.Optional[str] = None
+    host: typing.Optional[str] = None
+    project_id: typing.Optional[str] = None
+    project_name: typing.Optional[str] = None
+    user_id: typing.Optional[str] = None
+    user_name: typing.Optional[str] = None
+    exception: typing.Optional[str] = None
+    message: typing.Optional[str] = None
+    reason: typing.Optional[str] = None
+    code: typing.Optional[int] = None
+    #: Traceback / details; only set for receivers that opt in.
+    details: typing.Optional[str] = None
+    #: Publishers that reported the failure (``nova-compute:compute-01``).
+    publishers: typing.Tuple[str, ...] = ()
+    #: Nova message ids of the notifications behind the alert.
+    message_ids: typing.Tuple[str, ...] = ()
+    #: Number of notifications behind the alert.
+    count: int = 1
+    first_seen: typing.Optional[datetime.datetime] = None
+    last_seen: typing.Optional[datetime.datetime] = None
+    #: True for the test alerts sent by operators' commands.
+    test: bool = False
+
+    @property
+    def events(self):
+        return tuple(self.event_types) + tuple(self.synthetic_events)
+
+
+def incident_id(records):
+    """A stable id for the failure the records describe.
+
+    Records of one failure share the request id and the instance; without a
+    request id the first message id (or the content) stands in.
+    """
+    first = records[0]
+    key = '|'.join((first.request_id or first.message_id or
+                    '%s/%s' % (first.event_type, first.timestamp),
+                    first.instance_uuid or ''))
+    return str(uuid.uuid5(_ID_NAMESPACE, key))
+
+
+def _informative(record):
+    """Rank records by how much their error says (higher is better)."""
+    score = 0
+    if record.exception:
+        score += 1
+    if record.message and record.message != record.exception:
+        score += 2
+    if record.details:
+        score += 1
+    if record.format == 'versioned':
+        score += 0.5   # faults: full message, location and traceback
+    return score
+
+
+def _unique(values):
+    seen = []
+    for value in values:
+        if value and value not in seen:
+            seen.append(value)
+    return tuple(seen)
+
+
+def _first(records, attr):
+    for record in records:
+        value = getattr(record, attr)
+        if value:
+            return value
+    return None
+
+
+def _state_message(records):
+    for record in records:
+        if record.state == 'error':
+            return 'Instance entered ERROR state (from %s)' % (
+                record.old_state or 'unknown state')
+    return None
+
+
+def from_records(records, receiver, rule, include_details=False):
+    """Build the :class:`Alert` of an incident for one receiver."""
+    records = list(records)
+    if not records:
+        raise ValueError('an alert needs at least one record')
+    best = max(records, key=_informative)
+    stamps = [r.timestamp for r in records if r.timestamp]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    last = records[-1]
+    return Alert(
+        id=incident_id(records),
+        receiver=receiver,
+        rule=rule,
+        event_types=_unique(r.event_type for r in records),
+        synthetic_events=_unique(e for r in records
+                                 for e in r.synthetic_events),
+        request_id=_first(records, 'request_id'),
+        global_request_id=_first(records, 'global_request_id'),
+        instance_uuid=_first(records, 'instance_uuid'),
+        instance_name=_first(records, 'instance_name'),
+        instance_state=last.state or _first(records, 'state'),
+        host=best.host or _first(records, 'host'),
+        project_id=(_first(records, 'instance_project_id') or
+                    _first(records, 'project_id')),
+        project_name=_first(records, 'project_name'),
+        user_id=_first(records, 'user_id'),
+        user_name=_first(records, 'user_name'),
+        exception=best.exception or _first(records, 'exception'),
+        message=(best.message or _first(records, 'message') or
+                 _state_message(records)),
+        reason=best.reason or _first(records, 'reason'),
+        code=best.code if best.code is not None else _first(records, 'code'),
+        details=(best.details or _first(records, 'details')
+                 if include_details else None),
+        publishers=_unique(r.publisher_id for r in records),
+        message_ids=_unique(r.message_id for r in records),
+        count=len(records),
+        first_seen=min(stamps) if stamps else now,
+        last_seen=max(stamps) if stamps else now,
+    )
+

@@ -1,0 +1,140 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Common machinery of the Nova endpoint plugins.
+
+An endpoint subscribes to the ``error`` and ``critical`` priorities, and to
+``info`` when ``[listener] watch_state_changes`` is on (for
+``instance.update`` into ERROR). Its ``filter_rule`` cheaply sends each
+message to the one endpoint that understands its format. Each message is
+handled in its own ``try``: a malformed or unexpected message is logged with
+its message id and dropped, and the listener keeps running.
+"""
+
+from oslo_log import log
+import oslo_messaging
+from oslo_messaging.notify import dispatcher as oslo_dispatcher
+
+from nova_error_notifier import logsafe
+from nova_error_notifier.parse import common
+from nova_error_notifier.parse import versioned
+
+LOG = log.getLogger(__name__)
+
+HANDLED = oslo_messaging.NotificationResult.HANDLED
+
+
+class FormatFilter:
+    """An oslo.messaging filter rule: versioned payloads or the others."""
+
+    def __init__(self, want_versioned):
+        self.want_versioned = want_versioned
+
+    def match(self, ctxt, publisher_id, event_type, metadata, payload):
+        return versioned.is_versioned(payload) == self.want_versioned
+
+
+def _message_id(metadata):
+    if isinstance(metadata, dict):
+        return logsafe.escape(metadata.get('message_id'), 128)
+    return '-'
+
+
+class NovaEndpoint:
+    """Base of the versioned and legacy Nova endpoints."""
+
+    #: ``versioned`` or ``legacy``.
+    FORMAT = None
+    #: Event types worth reading at INFO priority.
+    INFO_EVENTS = frozenset()
+    #: True for the endpoint of versioned payloads.
+    VERSIONED = False
+    #: The parser: a pure function returning an ErrorRecord or None.
+    parse = None
+
+    def __init__(self, conf, sink):
+        self.sink = sink
+        self.filter_rule = FormatFilter(self.VERSIONED)
+        if conf.listener.watch_state_changes:
+            # oslo.messaging subscribes to the priorities an endpoint has a
+            # method for: only define ``info`` when it is wanted.
+            self.info = self._info
+
+    def error(self, ctxt, publisher_id, event_type, payload, metadata):
+        return self.process('ERROR', ctxt, publisher_id, event_type,
+                            payload, metadata)
+
+    def critical(self, ctxt, publisher_id, event_type, payload, metadata):
+        return self.process('CRITICAL', ctxt, publisher_id, event_type,
+                            payload, metadata)
+
+    def _info(self, ctxt, publisher_id, event_type, payload, metadata):
+        if event_type not in self.INFO_EVENTS:
+            return HANDLED
+        return self.process('INFO', ctxt, publisher_id, event_type,
+                            payload, metadata)
+
+    def process(self, priority, ctxt, publisher_id, event_type, payload,
+                metadata):
+        """Parse one notification and pass any error record on."""
+        try:
+            record = self.parse(priority, ctxt, publisher_id, event_type,
+                                payload, metadata)
+        except common.MalformedNotification as exc:
+            LOG.warning('Dropped malformed %s notification message_id=%s '
+                        'event_type=%s priority=%s: %s', self.FORMAT,
+                        _message_id(metadata),
+                        logsafe.escape(event_type, 255), priority, exc)
+            return HANDLED
+        except Exception as exc:
+            LOG.error('Dropped unreadable %s notification message_id=%s '
+                      'event_type=%s priority=%s: %s: %s', self.FORMAT,
+                      _message_id(metadata), logsafe.escape(event_type, 255),
+                      priority, type(exc).__name__,
+                      logsafe.escape(exc, 512))
+            return HANDLED
+        if record is None:
+            return HANDLED
+        try:
+            self.sink(record)
+        except Exception:
+            LOG.exception('Could not process the error in notification '
+                          'message_id=%s event_type=%s request_id=%s '
+                          'instance=%s exception=%s',
+                          _message_id(metadata),
+                          logsafe.escape(record.event_type),
+                          logsafe.escape(record.request_id),
+                          logsafe.escape(record.instance_uuid),
+                          logsafe.escape(record.exception))
+        return HANDLED
+
+
+class GuardedDispatcher(oslo_dispatcher.NotificationDispatcher):
+    """oslo.messaging's dispatcher, safe against unreadable envelopes.
+
+    oslo.messaging reads ``priority``, ``event_type`` and the context before
+    an endpoint sees the message; a wrong type there (a numeric priority,
+    say) raises, and the listener would then requeue the message forever.
+    Endpoints never raise, so anything raised here comes from the envelope:
+    the message is logged and dropped.
+    """
+
+    def dispatch(self, incoming):
+        try:
+            return super().dispatch(incoming)
+        except Exception as exc:
+            message = getattr(incoming, 'message', None)
+            message_id = (message.get('message_id')
+                          if isinstance(message, dict) else None)
+            LOG.warning('Dropped unreadable notification message_id=%s: '
+                        '%s: %s', logsafe.escape(message_id, 128),
+                        type(exc).__name__, logsafe.escape(exc, 512))
+            return HANDLED

@@ -1,0 +1,234 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""The nova-error-notifier service: a notification listener on Nova's bus.
+
+It listens on Nova's exchange (``nova``) to the topics ``notifications``
+(legacy) and ``versioned_notifications`` with its own listener pool, so
+that Ceilometer and the other consumers of those topics keep their copies.
+"""
+
+import signal
+import threading
+
+from oslo_config import cfg
+from oslo_log import log
+import oslo_messaging
+from oslo_messaging.notify import listener as listener_mod
+import stevedore
+
+from nova_error_notifier import config as config_mod
+from nova_error_notifier.endpoints import base as endpoint_base
+from nova_error_notifier import logsafe
+from nova_error_notifier import pipeline as pipeline_mod
+
+LOG = log.getLogger(__name__)
+
+ENDPOINT_NAMESPACE = 'nova_error_notifier.endpoints'
+
+LISTENER_OPTS = [
+    cfg.ListOpt('topics',
+                default=['notifications', 'versioned_notifications'],
+                help='Notification topics to listen to. Nova sends legacy '
+                     'notifications to "notifications" and versioned ones '
+                     'to "versioned_notifications" (see Nova\'s '
+                     '[oslo_messaging_notifications] topics and '
+                     '[notifications] versioned_notifications_topics).'),
+    cfg.StrOpt('exchange',
+               default='nova',
+               help='Exchange Nova publishes its notifications to (Nova\'s '
+                    'control_exchange).'),
+    cfg.StrOpt('pool',
+               default='nova-error-notifier',
+               help='Listener pool name. With a pool the service consumes '
+                    'its own copy of every notification from a queue named '
+                    'after the pool, and never takes messages from '
+                    'Ceilometer or other consumers of the default queues. '
+                    'Leave it empty only if nothing else consumes Nova\'s '
+                    'notifications.'),
+    cfg.ListOpt('endpoints',
+                default=['versioned', 'legacy'],
+                help='Endpoint plugins to load, by entry point name in the '
+                     'namespace "nova_error_notifier.endpoints". A missing '
+                     'or broken plugin stops start-up.'),
+    cfg.BoolOpt('watch_state_changes',
+                default=True,
+                help='Also subscribe to INFO notifications to catch '
+                     'instance.update / compute.instance.update into the '
+                     'ERROR state (needs Nova\'s [notifications] '
+                     'notify_on_state_change). Costs reading all INFO '
+                     'traffic of the topics.'),
+    cfg.IntOpt('stop_timeout',
+               default=10,
+               min=1,
+               help='Seconds to wait for messages in progress when the '
+                    'service is asked to stop.'),
+]
+
+
+def register_opts(conf):
+    conf.register_opts(LISTENER_OPTS, group='listener')
+
+
+class EndpointLoadError(ValueError):
+    pass
+
+
+def _raise_load_failure(manager, entrypoint, exc):
+    raise EndpointLoadError('endpoint plugin %r failed to load: %s: %s'
+                            % (entrypoint.name, type(exc).__name__, exc))
+
+
+def _raise_missing(names):
+    raise EndpointLoadError('endpoint plugin(s) not installed: %s (no entry '
+                            'point in namespace %s)'
+                            % (', '.join(sorted(names)), ENDPOINT_NAMESPACE))
+
+
+def load_endpoints(conf, sink):
+    """Load the endpoint plugins named in ``[listener] endpoints``.
+
+    :raises EndpointLoadError: when one is missing or cannot be loaded.
+    """
+    names = [n.strip() for n in conf.listener.endpoints if n.strip()]
+    if not names:
+        raise EndpointLoadError('[listener] endpoints is empty: name at '
+                                'least one endpoint plugin (versioned, '
+                                'legacy)')
+    try:
+        manager = stevedore.NamedExtensionManager(
+            ENDPOINT_NAMESPACE, names,
+            invoke_on_load=True, invoke_args=(conf, sink),
+            name_order=True,
+            on_load_failure_callback=_raise_load_failure,
+            on_missing_entrypoints_callback=_raise_missing)
+    except EndpointLoadError:
+        raise
+    except Exception as exc:
+        raise EndpointLoadError('endpoint plugins failed to start: %s: %s'
+                                % (type(exc).__name__, exc))
+    return [ext.obj for ext in manager]
+
+
+def describe_transport(conf, transport):
+    """Where the broker is, without credentials."""
+    try:
+        url = oslo_messaging.TransportURL.parse(
+            conf, conf.oslo_messaging_notifications.transport_url or
+            conf.transport_url)
+        hosts = ','.join('%s:%s' % (h.hostname, h.port or '')
+                         for h in url.hosts) or 'localhost'
+        return '%s://%s/%s' % (url.transport or 'rabbit', hosts,
+                               url.virtual_host or '')
+    except Exception:
+        return '(transport URL not shown)'
+
+
+class Service:
+    """The listener, its endpoints and the pipeline behind them."""
+
+    def __init__(self, conf, settings):
+        self.conf = conf
+        self.pipeline = pipeline_mod.Pipeline(settings)
+        self.endpoints = load_endpoints(conf, self.pipeline.handle)
+        self.transport = oslo_messaging.get_notification_transport(conf)
+        listener_conf = conf.listener
+        topics = [t.strip() for t in listener_conf.topics if t.strip()]
+        targets = [oslo_messaging.Target(topic=topic,
+                                         exchange=listener_conf.exchange)
+                   for topic in topics]
+        pool = listener_conf.pool or None
+        if pool is None:
+            LOG.warning('[listener] pool is empty: the service shares '
+                        'Nova\'s default notification queues and takes '
+                        'messages away from their other consumers')
+        self.listener = listener_mod.NotificationServer(
+            self.transport, targets,
+            endpoint_base.GuardedDispatcher(self.endpoints, None),
+            executor='threading', allow_requeue=True, pool=pool)
+        self.description = ('topics %s on exchange %s of %s, pool %s, '
+                            'endpoints %s' % (
+                                ','.join(topics), listener_conf.exchange,
+                                describe_transport(conf, self.transport),
+                                pool or '(none)',
+                                ','.join(listener_conf.endpoints)))
+        self._started = threading.Event()
+        self._stopping = threading.Event()
+
+    def _start(self):
+        try:
+            self.listener.start()
+        except Exception:
+            if not self._stopping.is_set():
+                LOG.exception('The notification listener failed to start')
+                self._stopping.set()
+            return
+        self._started.set()
+        LOG.info('Listening to %s', self.description)
+
+    def run(self):
+        """Run until SIGTERM or SIGINT; return the exit status."""
+        def _on_signal(signum, frame):
+            LOG.info('Received %s, stopping', signal.Signals(signum).name)
+            self._stopping.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        LOG.info('Connecting to %s', self.description)
+        # The broker may be unreachable: oslo.messaging then logs and
+        # retries inside start(). Starting in a thread keeps this one free to
+        # answer signals in the meantime.
+        starter = threading.Thread(target=self._start, daemon=True,
+                                   name='listener-start')
+        starter.start()
+        while not self._stopping.wait(0.5):
+            pass
+        return self.stop(starter)
+
+    def stop(self, starter):
+        timeout = self.conf.listener.stop_timeout
+        if not self._started.is_set():
+            starter.join(0.1)
+        if not self._started.is_set():
+            LOG.info('Stopped before the listener was connected')
+            return 0 if starter.is_alive() or self._started.is_set() else 1
+        done = threading.Event()
+
+        def _stop():
+            try:
+                self.listener.stop()
+                self.listener.wait()
+                self.transport.cleanup()
+            except Exception:
+                LOG.exception('Error while stopping the listener')
+            done.set()
+
+        stopper = threading.Thread(target=_stop, daemon=True,
+                                   name='listener-stop')
+        stopper.start()
+        if not done.wait(timeout):
+            LOG.warning('The listener did not stop within %d s; exiting '
+                        'anyway', timeout)
+        LOG.info('nova-error-notifier stopped')
+        return 0
+
+
+def settings_or_exit(conf):
+    """Load rules and receivers; log every problem and return None."""
+    try:
+        settings = config_mod.load(conf)
+    except config_mod.ConfigError as exc:
+        for problem in exc.problems:
+            LOG.error('Configuration error: %s', logsafe.escape(problem))
+        return None
+    for warning in settings.warnings:
+        LOG.warning('Configuration: %s', logsafe.escape(warning))
+    return settings
