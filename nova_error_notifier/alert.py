@@ -163,4 +163,3 @@ def from_records(records, receiver, rule, include_details=False):
         first_seen=min(stamps) if stamps else now,
         last_seen=max(stamps) if stamps else now,
     )
-

@@ -11,6 +11,8 @@
 # under the License.
 """Load and check the rules and receivers of a configuration at once."""
 
+from oslo_config import cfg
+
 from nova_error_notifier import receivers as receivers_mod
 from nova_error_notifier import rules as rules_mod
 
@@ -32,21 +34,42 @@ class Settings:
         self.warnings = list(warnings)
 
 
+def check_values(conf):
+    """Read every option registered so far; list the invalid values.
+
+    oslo.config validates a value (type, choices, bounds) only when it is
+    read, so a typo in a rarely used option would otherwise surface long
+    after start-up.
+    """
+    problems = []
+    for name in sorted(conf):
+        try:
+            value = conf[name]
+        except (cfg.ConfigFileValueError, ValueError) as exc:
+            problems.append(rules_mod.value_problem('DEFAULT', name, exc))
+            continue
+        if isinstance(value, cfg.ConfigOpts.GroupAttr):
+            for opt_name in sorted(value):
+                rules_mod.option_value(conf, name, opt_name, problems)
+    return problems
+
+
 def load(conf):
     """Build :class:`Settings` from ``conf``, reporting every problem.
 
     :raises ConfigError: with one line per problem.
     """
-    problems = []
+    problems = check_values(conf)
     warnings = []
     implicit = not [n for n in conf.rules if n.strip()]
-    ruleset = None
     try:
         ruleset, warnings = rules_mod.load(
             conf, default_receiver=receivers_mod.DEFAULT_RECEIVER)
+        names = ruleset.receivers
     except rules_mod.RuleError as exc:
+        ruleset = None
         problems.extend(exc.problems)
-    names = ruleset.receivers if ruleset is not None else []
+        names = exc.receivers
     receivers = {}
     try:
         receivers = receivers_mod.load(conf, names, implicit=implicit)

@@ -18,9 +18,12 @@ every value that reaches a log line goes through :func:`escape`.
 
 import re
 
-# C0 and C1 control characters, DEL, and the Unicode line/paragraph
-# separators that some log viewers treat as line breaks.
-_UNSAFE_RE = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029]')
+# C0 and C1 control characters, DEL, the Unicode line/paragraph separators
+# that some log viewers treat as line breaks, and the invisible format
+# characters (zero-width, bidirectional overrides and isolates) that can make
+# a line display differently from what it says.
+_UNSAFE_RE = re.compile('[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e'
+                        '\u2060-\u2069\ufeff]')
 _QUOTE_RE = re.compile(r'[\s"\\=]')
 _NAMED = {'\n': '\\n', '\r': '\\r', '\t': '\\t'}
 
@@ -54,9 +57,12 @@ def escape(value, limit=None):
 
 
 def quote(value, limit=None):
-    """Like :func:`escape`, and quoted when the value holds spaces,
-    quotes, backslashes, '=' or control characters, so that every
-    ``key=value`` pair of a line can be read back unambiguously."""
+    """Like :func:`escape`, quoted where needed.
+
+    Values holding spaces, quotes, backslashes, '=' or control characters
+    are quoted, so that every ``key=value`` pair of a line can be read back
+    unambiguously.
+    """
     if value is None:
         return '-'
     value = _text(value, limit)

@@ -28,6 +28,7 @@ from oslo_log import log
 import stevedore
 
 from nova_error_notifier.drivers import base
+from nova_error_notifier import rules
 
 LOG = log.getLogger(__name__)
 
@@ -122,11 +123,12 @@ def load(conf, names, implicit=False):
                             'section' % (name, group))
             continue
         conf.register_opts(RECEIVER_OPTS, group=group)
-        try:
-            driver_name = conf[group].driver
-            include_details = conf[group].include_details
-        except (cfg.ConfigFileValueError, ValueError) as exc:
-            problems.append('[%s]: %s' % (group, exc))
+        own = []
+        driver_name = rules.option_value(conf, group, 'driver', own)
+        include_details = rules.option_value(conf, group, 'include_details',
+                                             own)
+        if own:
+            problems.extend(own)
             continue
         if not driver_name and implicit:
             driver_name = DEFAULT_DRIVER
@@ -139,14 +141,26 @@ def load(conf, names, implicit=False):
             problems.append('[%s]: %s' % (group, exc))
             continue
         try:
-            conf.register_opts(driver_class.list_opts(), group=group)
+            driver_opts = driver_class.list_opts()
+            conf.register_opts(driver_opts, group=group)
+        except Exception as exc:
+            problems.append('[%s]: the options of driver %r cannot be '
+                            'registered: %s' % (group, driver_name, exc))
+            continue
+        # oslo.config checks a value (type, choices, bounds) when it is
+        # read: read them all now, so that a bad one stops start-up instead
+        # of failing the first alert.
+        own = []
+        for opt in driver_opts:
+            rules.option_value(conf, group, opt.dest, own)
+        if own:
+            problems.extend(own)
+            continue
+        try:
             driver = driver_class(conf, name)
             driver.check()
-        except base.DriverConfigError as exc:
-            problems.append('[%s] (driver %s): %s' % (group, driver_name,
-                                                      exc))
-            continue
-        except (cfg.ConfigFileValueError, ValueError) as exc:
+        except ValueError as exc:
+            # DriverConfigError, or oslo.config's value errors.
             problems.append('[%s] (driver %s): %s' % (group, driver_name,
                                                       exc))
             continue

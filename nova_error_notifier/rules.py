@@ -107,10 +107,15 @@ Route = collections.namedtuple('Route', 'rule receiver')
 
 
 class RuleError(ValueError):
-    """A problem with the rules; ``problems`` lists every one."""
+    """A problem with the rules; ``problems`` lists every one.
 
-    def __init__(self, problems):
+    ``receivers`` names every receiver the rules refer to, broken rules
+    included, so that the receivers can be checked in the same pass.
+    """
+
+    def __init__(self, problems, receivers=()):
         self.problems = list(problems)
+        self.receivers = list(receivers)
         super().__init__('; '.join(self.problems))
 
 
@@ -279,6 +284,31 @@ def _rule_section_names(conf):
             if s.startswith(RULE_GROUP_PREFIX)]
 
 
+def _clean(values):
+    return [v.strip() for v in values or () if v.strip()]
+
+
+def option_value(conf, group, name, problems):
+    """Read one option, adding a readable problem if its value is invalid.
+
+    oslo.config validates a value when it is read; the error it raises
+    names the option's location, which is noise in a problem line.
+    """
+    try:
+        return conf[group][name]
+    except (cfg.ConfigFileValueError, ValueError) as exc:
+        problems.append(value_problem(group, name, exc))
+        return None
+
+
+def value_problem(group, name, exc):
+    """A problem line for an invalid option value, without its location."""
+    detail = str(exc)
+    if 'is not valid: ' in detail:
+        detail = detail.split('is not valid: ', 1)[1]
+    return '[%s] %s: invalid value: %s' % (group, name, detail)
+
+
 def load(conf, default_receiver=None):
     """Build the :class:`RuleSet` from ``conf``.
 
@@ -291,6 +321,11 @@ def load(conf, default_receiver=None):
     problems = []
     warnings = []
     names = [n.strip() for n in conf.rules if n.strip()]
+    present = set(_rule_section_names(conf))
+    for name in sorted(present - set(names)):
+        if '<' not in name:
+            warnings.append('[%s%s] is not listed in [DEFAULT] rules and is '
+                            'ignored' % (RULE_GROUP_PREFIX, name))
     if not names:
         if default_receiver is None:
             return RuleSet(()), warnings
@@ -300,12 +335,8 @@ def load(conf, default_receiver=None):
     for name in duplicates:
         problems.append('rule %r is listed more than once in [DEFAULT] rules'
                         % name)
-    present = set(_rule_section_names(conf))
-    for name in sorted(present - set(names)):
-        if '<' not in name:
-            warnings.append('[%s%s] is not listed in [DEFAULT] rules and is '
-                            'ignored' % (RULE_GROUP_PREFIX, name))
     rules = []
+    referenced = []
     for order, name in enumerate(dict.fromkeys(names)):
         group = RULE_GROUP_PREFIX + name
         if name not in present:
@@ -313,19 +344,16 @@ def load(conf, default_receiver=None):
                             '[%s] section' % (name, group))
             continue
         conf.register_opts(RULE_OPTS, group=group)
-        try:
-            section = conf[group]
-            events = [e.strip() for e in (section.events or []) if e.strip()]
-            receivers = section.receivers
-            include = [e.strip() for e in section.include_exceptions
-                       if e.strip()]
-            exclude = [e.strip() for e in section.exclude_exceptions
-                       if e.strip()]
-            cont = section['continue']
-        except (cfg.ConfigFileValueError, ValueError) as exc:
-            problems.append('[%s]: %s' % (group, exc))
-            continue
         rule_problems = []
+        values = {}
+        for opt in RULE_OPTS:
+            values[opt.dest] = option_value(conf, group, opt.dest,
+                                            rule_problems)
+        events = _clean(values['events'])
+        receivers = values['receivers']
+        include = _clean(values['include_exceptions'])
+        exclude = _clean(values['exclude_exceptions'])
+        cont = bool(values['continue'])
         if not events:
             rule_problems.append('[%s] events is empty: name at least one '
                                  'event, glob or "*"' % group)
@@ -343,12 +371,13 @@ def load(conf, default_receiver=None):
                                  % group)
             receivers = []
         receivers = [r.strip() for r in receivers if r.strip()]
+        referenced.extend(r for r in receivers if r not in referenced)
         problems.extend(rule_problems)
         if not rule_problems:
             rules.append(Rule(name, events, receivers, include, exclude,
                               cont, order))
     if problems:
-        raise RuleError(problems)
+        raise RuleError(problems, referenced)
     return RuleSet(rules), warnings
 
 

@@ -78,8 +78,12 @@ def register_opts(conf):
     conf.register_opts(LISTENER_OPTS, group='listener')
 
 
-class EndpointLoadError(ValueError):
-    pass
+class StartupError(ValueError):
+    """The service cannot start as configured."""
+
+
+class EndpointLoadError(StartupError):
+    """An endpoint plugin is missing or broken."""
 
 
 def _raise_load_failure(manager, entrypoint, exc):
@@ -132,6 +136,24 @@ def describe_transport(conf, transport):
         return '(transport URL not shown)'
 
 
+def make_transport(conf):
+    """The notification transport; a bad URL raises StartupError.
+
+    oslo.messaging would only find a bad port or host list when it first
+    connects, in the listener's thread: parse the URL here instead.
+    """
+    try:
+        transport = oslo_messaging.get_notification_transport(conf)
+        oslo_messaging.TransportURL.parse(
+            conf, conf.oslo_messaging_notifications.transport_url or
+            conf.transport_url)
+    except (oslo_messaging.MessagingException, ValueError) as exc:
+        # The messages name the problem, never the URL and its password.
+        raise StartupError('transport_url is not usable: %s: %s'
+                           % (type(exc).__name__, exc))
+    return transport
+
+
 class Service:
     """The listener, its endpoints and the pipeline behind them."""
 
@@ -139,7 +161,7 @@ class Service:
         self.conf = conf
         self.pipeline = pipeline_mod.Pipeline(settings)
         self.endpoints = load_endpoints(conf, self.pipeline.handle)
-        self.transport = oslo_messaging.get_notification_transport(conf)
+        self.transport = make_transport(conf)
         listener_conf = conf.listener
         topics = [t.strip() for t in listener_conf.topics if t.strip()]
         targets = [oslo_messaging.Target(topic=topic,
@@ -225,10 +247,15 @@ def settings_or_exit(conf):
     """Load rules and receivers; log every problem and return None."""
     try:
         settings = config_mod.load(conf)
+        problems = []
     except config_mod.ConfigError as exc:
-        for problem in exc.problems:
-            LOG.error('Configuration error: %s', logsafe.escape(problem))
-        return None
-    for warning in settings.warnings:
-        LOG.warning('Configuration: %s', logsafe.escape(warning))
+        settings = None
+        problems = exc.problems
+    # Logged outside the except block: oslo.log appends the exception being
+    # handled to ERROR lines, which would repeat every problem on each line.
+    for problem in problems:
+        LOG.error('Configuration error: %s', logsafe.escape(problem))
+    if settings is not None:
+        for warning in settings.warnings:
+            LOG.warning('Configuration: %s', logsafe.escape(warning))
     return settings

@@ -11,6 +11,7 @@
 # under the License.
 """``nova-error-notifier``: run the notification listener."""
 
+import logging
 import sys
 
 from oslo_config import cfg
@@ -55,10 +56,16 @@ def main(argv=None):
         return 2
     try:
         svc = service.Service(conf, settings)
-    except service.EndpointLoadError as exc:
-        LOG.error('Configuration error: %s', exc)
+        error = None
+    except service.StartupError as exc:
+        svc, error = None, exc
+    if error is not None:
+        LOG.error('Configuration error: %s', error)
         LOG.error('nova-error-notifier did not start')
         return 2
+    # After the transport registered its options. Options declared
+    # secret=True (passwords, the transport URL) are masked.
+    conf.log_opt_values(LOG, logging.DEBUG)
     return svc.run()
 
 

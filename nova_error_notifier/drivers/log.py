@@ -30,6 +30,7 @@ from nova_error_notifier.drivers import base
 from nova_error_notifier import logsafe
 
 LOG = log.getLogger('nova_error_notifier.alerts')
+SERVICE_LOG = log.getLogger(__name__)
 
 LEVELS = {
     'debug': logging.DEBUG,
@@ -79,9 +80,8 @@ def format_alert(alert, with_details=False):
         items.insert(0, ('test', 'true'))
     if with_details and alert.details:
         items.append(('details', alert.details))
-    return 'nova-error-notifier alert ' + logsafe.pairs(items, MAX_VALUE
-                                                         if not with_details
-                                                         else None)
+    limit = None if with_details else MAX_VALUE
+    return 'nova-error-notifier alert ' + logsafe.pairs(items, limit)
 
 
 class LogDriver(base.Driver):
@@ -93,6 +93,13 @@ class LogDriver(base.Driver):
                    choices=sorted(LEVELS),
                    help='Log level of the alert lines.'),
     ]
+
+    def check(self):
+        level = LEVELS[self.options.level]
+        if not LOG.logger.isEnabledFor(level):
+            SERVICE_LOG.warning('[%s] level = %s is below the level the service logs '
+                        'at: its alerts will not appear (set a higher level, '
+                        'or debug = true)', self.group, self.options.level)
 
     def notify(self, alert):
         level = LEVELS[self.options.level]

@@ -116,7 +116,8 @@ def split_publisher(publisher_id):
     Versioned notifications use ``nova-compute:compute-01``, legacy ones
     ``compute.compute-01`` (host names may contain further dots).
     """
-    publisher_id = text(publisher_id)
+    publisher_id = text(publisher_id) if isinstance(publisher_id, str) \
+        else None
     if not publisher_id:
         return None, None
     for sep in (':', '.'):
@@ -176,8 +177,7 @@ def context_fields(ctxt):
 
 def class_name(value):
     """Return (class name without module and ``_Remote``, was_remote)."""
-    value = text(value)
-    if not value:
+    if not looks_like_class(value) or len(value) > MAX_SHORT:
         return None, False
     value = value.strip().rsplit('.', 1)[-1]
     remote = value.endswith(_REMOTE_SUFFIX)
@@ -269,6 +269,9 @@ def parse_exception(value):
     anything that does not parse is kept as plain text.
     """
     if isinstance(value, str):
+        if len(value) > MAX_LITERAL:
+            # Too long to be one of Nova's exception reprs: plain text.
+            return ParsedException(message=text(value, MAX_MESSAGE))
         stripped = value.strip()
         literal = None
         if stripped.startswith('{') and stripped.endswith('}'):

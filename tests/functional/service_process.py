@@ -1,0 +1,119 @@
+"""Run the real ``nova-error-notifier`` console script for functional tests."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+ALERT_MARK = 'nova-error-notifier alert '
+
+
+def console_script(name):
+    """The installed console script, next to this Python or on PATH."""
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.exists(candidate):
+        return candidate
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError('%s is not installed in this environment'
+                                % name)
+    return found
+
+
+class ServiceProcess:
+    """One ``nova-error-notifier`` process with its own config and log."""
+
+    def __init__(self, workdir, config_text, extra_args=()):
+        self.workdir = str(workdir)
+        self.config_path = os.path.join(self.workdir, 'nova_error_notifier'
+                                        '.conf')
+        self.log_path = os.path.join(self.workdir, 'service.log')
+        self.output_path = os.path.join(self.workdir, 'service.out')
+        with open(self.config_path, 'w', encoding='utf-8') as handle:
+            handle.write(config_text)
+        self.args = [console_script('nova-error-notifier'),
+                     '--config-file', self.config_path,
+                     '--log-file', self.log_path] + list(extra_args)
+        self.process = None
+        self.stop_seconds = None
+
+    def start(self, wait_for='Listening to ', timeout=60):
+        self._output = open(self.output_path, 'wb')
+        self.process = subprocess.Popen(
+            self.args, stdin=subprocess.DEVNULL, stdout=self._output,
+            stderr=subprocess.STDOUT, cwd=self.workdir)
+        if wait_for:
+            self.wait_for(re.escape(wait_for), timeout=timeout)
+        return self
+
+    def log(self):
+        try:
+            with open(self.log_path, encoding='utf-8') as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return ''
+
+    def output(self):
+        with open(self.output_path, encoding='utf-8',
+                  errors='replace') as handle:
+            return handle.read()
+
+    def alert_lines(self):
+        return [line for line in self.log().splitlines()
+                if ALERT_MARK in line]
+
+    def wait_for(self, pattern, timeout=30, count=1):
+        """Wait until ``pattern`` matches ``count`` log lines."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [ln for ln in self.log().splitlines() if regex.search(ln)]
+            if len(lines) >= count:
+                return lines
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(
+                    'nova-error-notifier exited with %s while waiting for '
+                    '%r; log:\n%s\noutput:\n%s' % (
+                        self.process.returncode, pattern, self.log()[-4000:],
+                        self.output()[-2000:]))
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    'timed out after %ss waiting for %d line(s) matching %r '
+                    '(found %d); log tail:\n%s' % (
+                        timeout, count, pattern, len(lines),
+                        self.log()[-4000:]))
+            time.sleep(0.1)
+
+    def wait_for_alerts(self, count, timeout=30):
+        return self.wait_for(re.escape(ALERT_MARK), timeout=timeout,
+                             count=count)
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        """Send ``sig``; return the exit status (and time it)."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        start = time.monotonic()
+        self.process.send_signal(sig)
+        try:
+            status = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError('nova-error-notifier did not stop within '
+                                 '%ss of %s' % (timeout, sig))
+        finally:
+            self.stop_seconds = time.monotonic() - start
+            self._output.close()
+        return status
+
+    def run_to_exit(self, timeout=60):
+        """Run without waiting for start-up; return (status, log)."""
+        self.start(wait_for=None)
+        try:
+            status = self.process.wait(timeout)
+        finally:
+            self._output.close()
+        return status
