@@ -97,9 +97,10 @@ class LogDriver(base.Driver):
     def check(self):
         level = LEVELS[self.options.level]
         if not LOG.logger.isEnabledFor(level):
-            SERVICE_LOG.warning('[%s] level = %s is below the level the service logs '
-                        'at: its alerts will not appear (set a higher level, '
-                        'or debug = true)', self.group, self.options.level)
+            SERVICE_LOG.warning(
+                '[%s] level = %s is below the level the service logs at: '
+                'its alerts will not appear (set a higher level, or debug = '
+                'true)', self.group, self.options.level)
 
     def notify(self, alert):
         level = LEVELS[self.options.level]
