@@ -16,7 +16,9 @@ newline or an ANSI escape in them must not forge or garble a log line, so
 every value that reaches a log line goes through :func:`escape`.
 """
 
+import logging
 import re
+import sys
 
 # C0 and C1 control characters, DEL, the Unicode line/paragraph separators
 # that some log viewers treat as line breaks, and the invisible format
@@ -77,3 +79,25 @@ def pairs(items, limit=None):
     """Format ``(key, value)`` pairs as ``key=value`` with safe values."""
     return ' '.join('%s=%s' % (key, quote(value, limit))
                     for key, value in items)
+
+
+def protect_handlers():
+    """Make the root logger's streams write what their encoding cannot.
+
+    Python opens log files in the locale's encoding. Under a non-UTF-8
+    locale an instance name in another script would raise in the handler,
+    which prints a traceback to stderr and loses the line: replace such
+    characters with escapes instead.
+    """
+    streams = [sys.stdout, sys.stderr]
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.errors = 'backslashreplace'   # used when it reopens
+        streams.append(getattr(handler, 'stream', None))
+    for stream in streams:
+        reconfigure = getattr(stream, 'reconfigure', None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors='backslashreplace')
+            except (ValueError, OSError):
+                pass

@@ -111,6 +111,7 @@ def main(argv=None):
         sys.stderr.write('nova-error-notifier-replay: %s\n' % exc)
         return 2
     log.setup(conf, service_cmd.PROJECT)
+    logsafe.protect_handlers()
     _out('nova-error-notifier-replay %s, configuration: %s' % (
         version.version_string(), ', '.join(conf.config_file) or
         ', '.join(conf.default_config_files or []) or 'built-in defaults'))

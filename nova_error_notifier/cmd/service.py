@@ -17,6 +17,7 @@ import sys
 from oslo_config import cfg
 from oslo_log import log
 
+from nova_error_notifier import logsafe
 from nova_error_notifier import opts
 from nova_error_notifier import service
 from nova_error_notifier import version
@@ -46,6 +47,7 @@ def main(argv=None):
                          % exc)
         return 2
     log.setup(conf, PROJECT)
+    logsafe.protect_handlers()
     LOG.info('nova-error-notifier %s starting (config files: %s)',
              version.version_string(),
              ', '.join(conf.config_file) or 'none')

@@ -46,3 +46,34 @@ def test_unparsable_config_file(tmp_path):
     assert result.returncode == 2
     assert 'configuration error' in result.stderr
     assert 'bad.conf' in result.stderr
+
+
+def test_non_ascii_names_under_an_ascii_locale_are_not_lost(tmp_path):
+    """A log file in the C locale still gets the alert, escaped."""
+    import json
+    import os
+    message = {
+        'message_id': 'm-locale', 'publisher_id': 'compute.hv-1',
+        'event_type': 'compute.instance.create.error', 'priority': 'ERROR',
+        '_context_request_id': 'req-locale-1',
+        'payload': {'instance_id': 'u-locale', 'display_name': 'сервер-🔥',
+                    'exception': "X('é 中')", 'message': '中文'}}
+    sample = tmp_path / 'm.json'
+    sample.write_text(json.dumps(message))
+    conf = tmp_path / 'c.conf'
+    conf.write_text('[DEFAULT]\n')
+    log_file = tmp_path / 'replay.log'
+    env = dict(os.environ, LC_ALL='C', LANG='C', PYTHONUTF8='0',
+               PYTHONCOERCECLOCALE='0')
+    result = subprocess.run(
+        [service_process.console_script('nova-error-notifier-replay'),
+         '--config-file', str(conf), '--log-file', str(log_file),
+         str(sample)], capture_output=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert b'Logging error' not in result.stderr
+    text = log_file.read_bytes().decode('ascii')
+    alert = [ln for ln in text.splitlines()
+             if 'nova-error-notifier alert' in ln]
+    assert len(alert) == 1
+    assert 'request_id=req-locale-1' in alert[0]
+    assert 'instance=u-locale' in alert[0]
