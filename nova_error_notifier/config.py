@@ -11,6 +11,8 @@
 # under the License.
 """Load and check the rules and receivers of a configuration at once."""
 
+import os
+
 from oslo_config import cfg
 
 from nova_error_notifier import receivers as receivers_mod
@@ -20,9 +22,14 @@ from nova_error_notifier import rules as rules_mod
 class ConfigError(ValueError):
     """The configuration is broken; ``problems`` lists every problem."""
 
-    def __init__(self, problems):
+    def __init__(self, problems, warnings=()):
         self.problems = list(problems)
+        self.warnings = list(warnings)
         super().__init__('\n'.join(self.problems))
+
+
+#: The service's own static option groups (besides rule:* / receiver:*).
+OWN_GROUPS = ('listener', 'email', 'staff')
 
 
 class Settings:
@@ -75,6 +82,78 @@ def load(conf):
         receivers = receivers_mod.load(conf, names, implicit=implicit)
     except receivers_mod.ReceiverError as exc:
         problems.extend(exc.problems)
+    section_problems, section_warnings = check_sections(conf, names)
+    problems.extend(section_problems)
+    warnings = list(warnings) + section_warnings
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, warnings)
     return Settings(ruleset, receivers, warnings)
+
+
+def _config_files(conf):
+    files = list(conf.config_file or [])
+    for directory in conf.config_dir or []:
+        if os.path.isdir(directory):
+            files.extend(sorted(
+                os.path.join(directory, name) for name in os.listdir(directory)
+                if name.endswith('.conf')))
+    return files
+
+
+def _file_sections(conf):
+    """{section: set of option names} as written in the config files."""
+    sections = {}
+    for path in _config_files(conf):
+        parsed = {}
+        try:
+            cfg.ConfigParser(path, parsed).parse()
+        except Exception:   # oslo.config already reported unreadable files
+            continue
+        for section, values in parsed.items():
+            sections.setdefault(section, set()).update(
+                key.replace('-', '_') for key in values)
+    return sections
+
+
+#: Groups of libraries that register their options only when used.
+_LIBRARY_PREFIXES = ('oslo_', 'keystone', 'ssl', 'profiler', 'matchmaker')
+
+
+def check_sections(conf, receiver_names):
+    """Misspelled options are problems; unknown sections are warnings.
+
+    Only the service's own groups are checked for unknown options: a typo
+    such as ``exclude_exception`` would otherwise silently change what is
+    alerted. Library groups register their options lazily and are left
+    alone.
+    """
+    problems, warnings = [], []
+    listed_rules = {n.strip() for n in conf.rules if n.strip()}
+    for section, keys in sorted(_file_sections(conf).items()):
+        if section == 'DEFAULT' or '<' in section:
+            continue
+        own = (section.startswith(rules_mod.RULE_GROUP_PREFIX) or
+               section.startswith(receivers_mod.GROUP_PREFIX) or
+               section in OWN_GROUPS)
+        if section.startswith(receivers_mod.GROUP_PREFIX):
+            name = section[len(receivers_mod.GROUP_PREFIX):]
+            if name not in receiver_names:
+                warnings.append('[%s] is not used by any rule' % section)
+                continue
+        if section.startswith(rules_mod.RULE_GROUP_PREFIX):
+            if section[len(rules_mod.RULE_GROUP_PREFIX):] not in \
+                    listed_rules:
+                continue          # rules.load warned already
+        try:
+            group = conf[section]
+        except cfg.NoSuchOptError:
+            if not section.startswith(_LIBRARY_PREFIXES):
+                warnings.append('unknown section [%s] is ignored' % section)
+            continue
+        if not own:
+            continue
+        known = set(group)
+        for key in sorted(keys - known):
+            problems.append('[%s] %s: unknown option (known: %s)'
+                            % (section, key, ', '.join(sorted(known))))
+    return problems, warnings

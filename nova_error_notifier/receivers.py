@@ -80,6 +80,14 @@ def _raise_load_failure(manager, entrypoint, exc):
     raise _LoadFailure('%s: %s' % (type(exc).__name__, exc)) from exc
 
 
+def _raise_missing(names):
+    raise _Missing()
+
+
+class _Missing(Exception):
+    pass
+
+
 def load_driver_class(name):
     """Return the driver class registered as ``name``.
 
@@ -87,18 +95,20 @@ def load_driver_class(name):
         installed or cannot be imported.
     """
     try:
-        manager = stevedore.DriverManager(
-            DRIVER_NAMESPACE, name, invoke_on_load=False,
-            on_load_failure_callback=_raise_load_failure)
-    except stevedore.exception.NoMatches:
+        manager = stevedore.NamedExtensionManager(
+            DRIVER_NAMESPACE, [name], invoke_on_load=False,
+            on_load_failure_callback=_raise_load_failure,
+            on_missing_entrypoints_callback=_raise_missing)
+    except _Missing:
         raise ValueError('driver %r is not installed (no entry point %r in '
                          'namespace %s)' % (name, name, DRIVER_NAMESPACE))
-    except stevedore.exception.MultipleMatches:
-        raise ValueError('driver %r is registered by more than one package'
-                         % name)
     except _LoadFailure as exc:
         raise ValueError('driver %r failed to load: %s' % (name, exc))
-    driver_class = manager.driver
+    plugins = [ext.plugin for ext in manager]
+    if len(plugins) != 1:
+        raise ValueError('driver %r is registered by %d packages'
+                         % (name, len(plugins)))
+    driver_class = plugins[0]
     if not (isinstance(driver_class, type) and
             issubclass(driver_class, base.Driver)):
         raise ValueError('driver %r is not a subclass of %s.Driver'

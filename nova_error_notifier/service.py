@@ -243,19 +243,41 @@ class Service:
         return 0
 
 
-def settings_or_exit(conf):
-    """Load rules and receivers; log every problem and return None."""
+def preflight(conf, transport=True):
+    """Problems that would stop the listener, besides rules and receivers.
+
+    Checked before start-up so that every problem is reported at once.
+    """
+    problems = []
+    try:
+        load_endpoints(conf, lambda record: None)
+    except StartupError as exc:
+        problems.append(str(exc))
+    if transport:
+        try:
+            make_transport(conf).cleanup()
+        except StartupError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def load_checked(conf, transport=True):
+    """Settings, once every check passed; else None.
+
+    Every problem is logged, one ``Configuration error:`` line each, and
+    warnings as ``Configuration:`` lines.
+    """
     try:
         settings = config_mod.load(conf)
-        problems = []
+        problems, warnings = [], settings.warnings
     except config_mod.ConfigError as exc:
         settings = None
-        problems = exc.problems
+        problems, warnings = list(exc.problems), exc.warnings
+    problems.extend(preflight(conf, transport=transport))
     # Logged outside the except block: oslo.log appends the exception being
     # handled to ERROR lines, which would repeat every problem on each line.
     for problem in problems:
         LOG.error('Configuration error: %s', logsafe.escape(problem))
-    if settings is not None:
-        for warning in settings.warnings:
-            LOG.warning('Configuration: %s', logsafe.escape(warning))
-    return settings
+    for warning in warnings:
+        LOG.warning('Configuration: %s', logsafe.escape(warning))
+    return None if problems else settings

@@ -17,6 +17,6 @@ version_info = pbr.version.VersionInfo('nova-error-notifier')
 
 def version_string():
     try:
-        return version_info.version_string()
+        return version_info.release_string()
     except Exception:  # not installed (e.g. run from a bare source tree)
         return 'unknown'

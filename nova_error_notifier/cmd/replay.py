@@ -60,8 +60,14 @@ class _Incoming:
 
 
 def _out(line=''):
-    sys.stdout.write(line + '\n')
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(line + '\n')
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, like other tools.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(1)
 
 
 def _describe_record(record, match):
@@ -71,6 +77,8 @@ def _describe_record(record, match):
     elif not record.exception and record.state == 'error':
         what = 'entered ERROR state (from %s)' % (record.old_state or '?')
     _out('  error: %s' % logsafe.escape(what, 300))
+    if record.reason:
+        _out('    reason: %s' % logsafe.escape(record.reason, 300))
     _out('    ' + logsafe.pairs([
         ('request_id', record.request_id),
         ('instance', record.instance_uuid),
@@ -97,6 +105,13 @@ def _describe_deliveries(outcome):
             status))
 
 
+def _label(source):
+    """Shipped samples by their short name, other files as given."""
+    if source.startswith(SAMPLES_DIR + os.sep):
+        return 'samples/' + source[len(SAMPLES_DIR) + 1:]
+    return source
+
+
 def main(argv=None):
     conf = service_cmd.build_conf()
     conf.register_cli_opts(CLI_OPTS)
@@ -106,7 +121,9 @@ def main(argv=None):
         conf(args, project=service_cmd.PROJECT,
              version=version.version_string(),
              default_config_files=found or [DEMO_CONFIG],
-             description=__doc__.split('\n\n')[0])
+             description='Feeds notification files through the endpoints, '
+                         'rules and drivers of nova-error-notifier, without '
+                         'a broker, and shows what each message hit.')
     except cfg.Error as exc:
         sys.stderr.write('nova-error-notifier-replay: %s\n' % exc)
         return 2
@@ -115,11 +132,12 @@ def main(argv=None):
     _out('nova-error-notifier-replay %s, configuration: %s' % (
         version.version_string(), ', '.join(conf.config_file) or
         ', '.join(conf.default_config_files or []) or 'built-in defaults'))
-    settings = service.settings_or_exit(conf)
+    settings = service.load_checked(conf, transport=False)
     if settings is None:
         return 2
     pipeline = pipeline_mod.Pipeline(settings)
     outcomes = []
+    drops = []
 
     def sink(record):
         match, planned = pipeline.plan(record)
@@ -128,12 +146,10 @@ def main(argv=None):
         _describe_deliveries(outcome)
         outcomes.append(outcome)
 
-    try:
-        endpoints = service.load_endpoints(conf, sink)
-    except service.EndpointLoadError as exc:
-        _out('configuration error: %s' % exc)
-        return 2
-    dispatcher = endpoint_base.GuardedDispatcher(endpoints, None)
+    sink.on_drop = drops.append
+    endpoints = service.load_endpoints(conf, sink)
+    dispatcher = endpoint_base.GuardedDispatcher(endpoints, None,
+                                                 on_drop=drops.append)
     files = conf.files or sorted(glob.glob(os.path.join(SAMPLES_DIR,
                                                         '*.json')))
     totals = {'messages': 0, 'errors': 0, 'alerts': 0, 'failed': 0,
@@ -143,20 +159,22 @@ def main(argv=None):
             if isinstance(item, wire.WireError):
                 totals['unreadable'] += 1
                 _out('%s: unreadable: %s' % (
-                    logsafe.escape(os.path.basename(str(path))),
+                    logsafe.escape(_label(str(path))),
                     logsafe.escape(item, 300)))
                 continue
             totals['messages'] += 1
             message = item.message
             _out('%s: %s [%s]' % (
-                logsafe.escape(os.path.relpath(item.source)
-                               if os.path.isabs(item.source)
-                               else item.source),
+                logsafe.escape(_label(item.source)),
                 logsafe.escape(message.get('event_type'), 120),
                 logsafe.escape(message.get('priority'), 20)))
             del outcomes[:]
+            del drops[:]
             dispatcher.dispatch(_Incoming(item.ctxt, message))
-            if not outcomes:
+            for reason in drops:
+                totals['unreadable'] += 1
+                _out('  dropped: %s' % logsafe.escape(reason, 300))
+            if not outcomes and not drops:
                 _out('  not an error: no alert')
             for outcome in outcomes:
                 totals['errors'] += 1
@@ -168,7 +186,7 @@ def main(argv=None):
     _out('%(messages)d messages, %(errors)d errors recognised, %(alerts)d '
          'alerts sent, %(failed)d deliveries failed, %(unreadable)d '
          'unreadable' % totals)
-    return 1 if totals['failed'] else 0
+    return 1 if totals['failed'] or totals['unreadable'] else 0
 
 
 if __name__ == '__main__':

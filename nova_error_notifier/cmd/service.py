@@ -51,7 +51,7 @@ def main(argv=None):
     LOG.info('nova-error-notifier %s starting (config files: %s)',
              version.version_string(),
              ', '.join(conf.config_file) or 'none')
-    settings = service.settings_or_exit(conf)
+    settings = service.load_checked(conf)
     if settings is None:
         LOG.error('nova-error-notifier did not start: fix the configuration '
                   'errors above')

@@ -62,6 +62,8 @@ class NovaEndpoint:
 
     def __init__(self, conf, sink):
         self.sink = sink
+        # Optional: a callable told why a message was dropped (replay).
+        self.on_drop = getattr(sink, 'on_drop', None)
         self.filter_rule = FormatFilter(self.VERSIONED)
         if conf.listener.watch_state_changes:
             # oslo.messaging subscribes to the priorities an endpoint has a
@@ -85,21 +87,25 @@ class NovaEndpoint:
     def process(self, priority, ctxt, publisher_id, event_type, payload,
                 metadata):
         """Parse one notification and pass any error record on."""
+        problem = None
         try:
             record = self.parse(priority, ctxt, publisher_id, event_type,
                                 payload, metadata)
         except common.MalformedNotification as exc:
-            LOG.warning('Dropped malformed %s notification message_id=%s '
-                        'event_type=%s priority=%s: %s', self.FORMAT,
-                        _message_id(metadata),
-                        logsafe.escape(event_type, 255), priority, exc)
-            return HANDLED
+            problem = ('malformed', str(exc))
         except Exception as exc:
-            LOG.error('Dropped unreadable %s notification message_id=%s '
-                      'event_type=%s priority=%s: %s: %s', self.FORMAT,
-                      _message_id(metadata), logsafe.escape(event_type, 255),
-                      priority, type(exc).__name__,
-                      logsafe.escape(exc, 512))
+            problem = ('unreadable', '%s: %s' % (type(exc).__name__,
+                                                 logsafe.escape(exc, 512)))
+        if problem is not None:
+            # Logged outside the except block: oslo.log would append the
+            # exception to the line a second time.
+            LOG.warning('Dropped %s %s notification message_id=%s '
+                        'event_type=%s priority=%s: %s', problem[0],
+                        self.FORMAT, _message_id(metadata),
+                        logsafe.escape(event_type, 255), priority,
+                        problem[1])
+            if self.on_drop is not None:
+                self.on_drop('%s: %s' % problem)
             return HANDLED
         if record is None:
             return HANDLED
@@ -127,14 +133,30 @@ class GuardedDispatcher(oslo_dispatcher.NotificationDispatcher):
     the message is logged and dropped.
     """
 
+    def __init__(self, endpoints, serializer, on_drop=None):
+        super().__init__(endpoints, serializer)
+        self.on_drop = on_drop
+
     def dispatch(self, incoming):
-        try:
-            return super().dispatch(incoming)
-        except Exception as exc:
-            message = getattr(incoming, 'message', None)
-            message_id = (message.get('message_id')
-                          if isinstance(message, dict) else None)
-            LOG.warning('Dropped unreadable notification message_id=%s: '
-                        '%s: %s', logsafe.escape(message_id, 128),
-                        type(exc).__name__, logsafe.escape(exc, 512))
-            return HANDLED
+        message = getattr(incoming, 'message', None)
+        priority = (message.get('priority', '')
+                    if isinstance(message, dict) else None)
+        if isinstance(priority, str):
+            try:
+                return super().dispatch(incoming)
+            except Exception as exc:
+                reason = '%s: %s' % (type(exc).__name__,
+                                     logsafe.escape(exc, 512))
+        elif isinstance(message, dict):
+            reason = 'priority is a %s, not a string' % (
+                type(priority).__name__)
+        else:
+            reason = 'the message is a %s, not an object' % (
+                type(message).__name__)
+        message_id = (message.get('message_id')
+                      if isinstance(message, dict) else None)
+        LOG.warning('Dropped unreadable notification message_id=%s: %s',
+                    logsafe.escape(message_id, 128), reason)
+        if self.on_drop is not None:
+            self.on_drop('unreadable: ' + reason)
+        return HANDLED

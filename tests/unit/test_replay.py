@@ -223,7 +223,8 @@ def test_user_config_and_json_lines(run_replay, tmp_path):
     ]) + '\n')
     status, out, err = run_replay(['--config-file', str(conf_path),
                                    str(lines_path)])
-    assert status == 0, out + err
+    # Unreadable input makes the exit status 1.
+    assert status == 1, out + err
     lines = out.splitlines()
     assert lines[0].endswith('configuration: %s' % conf_path)
     unreadable = [line for line in lines if ': unreadable: ' in line]
@@ -258,7 +259,8 @@ def test_missing_file_is_unreadable(run_replay, tmp_path):
                                    str(tmp_path / 'nope.json'),
                                    os.path.join(SAMPLES, '07-legacy-resize_'
                                                 'instance.json')])
-    assert status == 0, out + err
+    # Unreadable input makes the exit status 1.
+    assert status == 1, out + err
     assert 'nope.json: unreadable:' in out
     assert out.splitlines()[-1] == (
         '1 messages, 1 errors recognised, 1 alerts sent, 0 deliveries '
@@ -273,7 +275,8 @@ def test_hostile_file_name_is_escaped(run_replay, tmp_path):
         '07-legacy-resize_instance.json'))
     status, out, err = run_replay(['--config-file', str(conf_path),
                                    str(path)])
-    assert status == 0, out + err
+    # Unreadable input makes the exit status 1.
+    assert status == 1, out + err
     assert '\x1b' not in out
     assert not any(line.startswith('nova-error-notifier alert rule=forged')
                    for line in out.splitlines()), out

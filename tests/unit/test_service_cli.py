@@ -77,3 +77,44 @@ def test_non_ascii_names_under_an_ascii_locale_are_not_lost(tmp_path):
     assert len(alert) == 1
     assert 'request_id=req-locale-1' in alert[0]
     assert 'instance=u-locale' in alert[0]
+
+
+def test_every_problem_is_reported_in_one_run(tmp_path):
+    config = '\n'.join([
+        '[DEFAULT]',
+        'transport_url = rabbit://u:%s@h:56x2/' % PASSWORD,
+        'rules = a, b',
+        '[rule:b]',
+        'events = *',
+        'exclude_exception = KeyPairExists',
+        'receivers = x',
+        '[receiver:x]',
+        'driver = log',
+        'levle = error',
+        '[receiver:spare]',
+        'driver = log',
+        '[listner]',
+        'pool = p',
+        '[listener]',
+        'endpoints = versioned, legacyy',
+        '',
+    ])
+    proc = service_process.ServiceProcess(tmp_path, config)
+    assert proc.run_to_exit(timeout=60) == 2
+    log = proc.log()
+    errors = [ln.split('Configuration error: ', 1)[1]
+              for ln in log.splitlines() if 'Configuration error: ' in ln]
+    assert any("rule 'a'" in e for e in errors), errors
+    assert any(e.startswith('[rule:b] exclude_exception: unknown option')
+               for e in errors), errors
+    assert any(e.startswith('[receiver:x] levle: unknown option')
+               for e in errors), errors
+    assert any('legacyy' in e for e in errors), errors
+    assert any(e.startswith('transport_url is not usable') for e in errors)
+    assert len(errors) == 5, errors
+    warnings = [ln for ln in log.splitlines() if 'Configuration: ' in ln]
+    assert any('unknown section [listner]' in w for w in warnings)
+    assert any('[receiver:spare] is not used by any rule' in w
+               for w in warnings)
+    assert PASSWORD not in log
+    assert 'Traceback' not in log
