@@ -13,15 +13,21 @@
 
 import itertools
 
+from nova_error_notifier.drivers import base as driver_base
+from nova_error_notifier.drivers import email as email_driver
 from nova_error_notifier import receivers
 from nova_error_notifier import rules
 from nova_error_notifier import service
+from nova_error_notifier import staff
 
 
 def register_opts(conf):
     """Register the static options of the service on ``conf``."""
     rules.register_opts(conf)
     service.register_opts(conf)
+    driver_base.register_opts(conf)
+    email_driver.register_opts(conf)
+    staff.register_opts(conf)
 
 
 def list_opts():
@@ -31,6 +37,7 @@ def list_opts():
     operator's own ``[rule:NAME]`` and ``[receiver:NAME]`` sections.
     """
     return [
-        (None, rules.DEFAULT_OPTS),
+        (None, rules.DEFAULT_OPTS + driver_base.COMMON_OPTS),
         ('listener', service.LISTENER_OPTS),
-    ] + list(itertools.chain(rules.list_opts()[1:], receivers.list_opts()))
+    ] + list(itertools.chain(rules.list_opts()[1:], receivers.list_opts(),
+                             email_driver.list_opts(), staff.list_opts()))

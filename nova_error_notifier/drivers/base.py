@@ -55,6 +55,20 @@ Rules of the contract:
 
 import abc
 
+from oslo_config import cfg
+
+#: Options every driver may use, in [DEFAULT].
+COMMON_OPTS = [
+    cfg.StrOpt('region_name',
+               help='Name of the region the service watches, shown in '
+                    'alerts (e-mail subjects, webhook bodies) and used to '
+                    'pick endpoints from the Keystone catalog.'),
+]
+
+
+def register_opts(conf):
+    conf.register_opts(COMMON_OPTS)
+
 
 class DriverError(Exception):
     """A delivery attempt failed.
@@ -80,6 +94,7 @@ class Driver(metaclass=abc.ABCMeta):
     OPTS = []
 
     def __init__(self, conf, receiver):
+        register_opts(conf)
         self.conf = conf
         self.receiver = receiver
         self.group = 'receiver:' + receiver

@@ -52,3 +52,69 @@ def rabbitmq_vhost(rabbitmq, request):
         yield VirtualHost(name, url)
     finally:
         rabbitmq.delete_vhost(name)
+
+
+@pytest.fixture
+def smtp_server():
+    """Factory of real SMTP servers (tests/functional/smtp.py).
+
+    ``smtp_server(mode='plain', auth=None, **options)`` returns a started
+    ``SMTPServer``; every server it made is stopped at teardown, and a
+    server that recorded errors fails the test there.
+    """
+    try:
+        from tests.functional import smtp as smtp_helpers
+    except ModuleNotFoundError as exc:
+        if exc.name not in ('tests', 'tests.functional'):
+            raise  # aiosmtpd or cryptography missing: say so
+        import smtp as smtp_helpers
+
+    servers = []
+
+    def make(mode='plain', auth=None, **options):
+        server = smtp_helpers.SMTPServer(mode=mode, auth=auth, **options)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    failures = []
+    for server in reversed(servers):
+        try:
+            server.stop()
+        except Exception as exc:
+            failures.append('%s' % exc)
+    if failures:
+        pytest.fail('SMTP test server teardown:\n%s' % '\n'.join(failures),
+                    pytrace=False)
+
+
+@pytest.fixture(scope='session')
+def keystone():
+    """A started ``KeystoneServer`` (tests/functional/keystone.py).
+
+    Private Keystone on 127.0.0.1 with an SQLite database; ``auth_url``,
+    ``admin_session()`` and the seeding helpers (``create_user`` ...) work
+    on it.  When it cannot start, every test using it fails with the logs'
+    tails; it is never skipped.
+    """
+    try:
+        from tests.functional import keystone as keystone_helpers
+    except ModuleNotFoundError as exc:
+        if exc.name not in ('tests', 'tests.functional'):
+            raise
+        import keystone as keystone_helpers
+
+    server = keystone_helpers.KeystoneServer()
+    error = None
+    try:
+        server.start()
+    except Exception as exc:  # KeystoneStartError, or anything unexpected
+        error = exc
+    if error is not None:
+        server.stop()
+        pytest.fail('could not start the Keystone test server:\n%s' % error,
+                    pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,667 @@
+"""A throw-away Keystone for functional tests, and seeding helpers.
+
+``KeystoneServer`` runs a private Keystone (the ``keystone`` package from
+PyPI, installed by test-requirements.txt) in its own temporary directory:
+keystone.conf, an SQLite database, Fernet token/receipt and credential key
+repositories, logs.  It listens on 127.0.0.1 on a free port and serves
+``/v3`` there.
+
+Start-up is Keystone's own: ``keystone-manage db_sync``, ``fernet_setup``,
+``credential_setup`` (these three in parallel), then ``bootstrap`` (admin
+user, project and role, region ``RegionOne``, the identity service with its
+public endpoint).  Then ``keystone_wsgi.py`` (next to this file) serves
+``keystone.server.wsgi.initialize_public_application()``.  ``start()`` returns
+once the admin can get a project-scoped token.
+
+Every process it starts carries a marker environment variable.  ``stop()``
+kills whatever still carries the marker, and a small watchdog process does the
+same if the test process dies without calling ``stop()``.  The server also
+exits by itself when its standard input, a pipe from the test process,
+closes.
+
+Seeding goes through the REST API with the admin session; every helper raises
+(keystoneauth1's ``HttpError``, with Keystone's message) on an error answer.
+"""
+
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from urllib import error as urllib_error
+from urllib import request as urllib_request
+
+from keystoneauth1.identity import v3
+from keystoneauth1 import session as ks_session
+import requests
+
+LOG = logging.getLogger(__name__)
+
+MARKER_ENV = 'NOVA_ERROR_NOTIFIER_TEST_KEYSTONE'
+DEFAULT_START_TIMEOUT = 180.0
+HOST = '127.0.0.1'
+ADMIN_USER = 'admin'
+ADMIN_PROJECT = 'admin'
+ADMIN_ROLE = 'admin'
+REGION = 'RegionOne'
+DEFAULT_DOMAIN_ID = 'default'
+
+WSGI_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'keystone_wsgi.py')
+
+# keystone-manage, run by the interpreter of the tests (the same virtualenv,
+# whatever PATH says).  cwd is the temporary directory, so the '' that -c
+# puts on sys.path finds no stray "keystone" module.
+_MANAGE = ('import sys; from keystone.cmd.manage import main; '
+           'sys.exit(main())')
+
+_LOG_TAIL_LINES = 60
+
+# Loopback requests never go through an http_proxy from the environment.
+_NO_PROXY_OPENER = urllib_request.build_opener(urllib_request.ProxyHandler({}))
+
+
+class KeystoneStartError(RuntimeError):
+    """Keystone did not come up; the message carries the logs' tails."""
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------
+
+def _excerpt(path, tail=_LOG_TAIL_LINES):
+    """The last *tail* lines of a text file."""
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except OSError as exc:
+        return '<%s unreadable: %s>' % (path, exc)
+    lines = data.decode('utf-8', 'replace').splitlines()
+    if not lines:
+        return '<empty>'
+    if len(lines) > tail:
+        lines = ['[... %d lines ...]' % (len(lines) - tail)] + lines[-tail:]
+    return '\n'.join(lines)
+
+
+def _marked_pids(marker_value):
+    """PIDs of live processes whose environment holds our marker."""
+    needle = ('%s=%s' % (MARKER_ENV, marker_value)).encode()
+    pids = []
+    me = os.getpid()
+    try:
+        entries = os.listdir('/proc')
+    except OSError:
+        return pids
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open('/proc/%s/environ' % entry, 'rb') as f:
+                env = f.read().split(b'\0')
+        except OSError:
+            continue
+        if needle in env:
+            pids.append(int(entry))
+    return pids
+
+
+def _sweep(marker_value, grace=5.0):
+    """SIGTERM, then SIGKILL, every process carrying the marker."""
+    pids = _marked_pids(marker_value)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pids = _marked_pids(marker_value)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+# Run by the watchdog: waits for EOF on stdin (our pipe closes when the test
+# process exits, however it exits), then sweeps and removes the directory.
+_WATCHDOG_CODE = '''
+import os, shutil, signal, sys, time
+needle, tmpdir = sys.argv[1].encode(), sys.argv[2]
+try:
+    sys.stdin.buffer.read()
+except BaseException:
+    pass
+def marked():
+    found = []
+    for e in os.listdir('/proc'):
+        if not e.isdigit() or int(e) == os.getpid():
+            continue
+        try:
+            with open('/proc/%s/environ' % e, 'rb') as f:
+                if needle in f.read().split(b'\\0'):
+                    found.append(int(e))
+        except OSError:
+            pass
+    return found
+for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 2.0)):
+    pids = marked()
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+    end = time.monotonic() + wait
+    while pids and time.monotonic() < end:
+        time.sleep(0.1)
+        pids = marked()
+if tmpdir:
+    shutil.rmtree(tmpdir, ignore_errors=True)
+'''
+
+
+def _ini_value(name, value):
+    """*value* as it must be written for oslo.config to read it back."""
+    value = str(value)
+    if '\n' in value or '\r' in value or value != value.strip():
+        raise ValueError('%s cannot be written to an INI file: %r' % (
+            name, value))
+    # oslo.config expands $name references; $$ is a literal $.
+    return value.replace('$', '$$')
+
+
+# --------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------
+
+class KeystoneServer:
+    """A private Keystone for tests.
+
+    Example::
+
+        ks = KeystoneServer()
+        ks.start()          # blocks until the admin can get a token
+        ks.auth_url         # 'http://127.0.0.1:PORT/v3'
+        pid = ks.create_project('p1')
+        uid = ks.create_user('u1', 'pw', email='u1@example.org', project=pid)
+        ks.grant_project('member', pid, user_id=uid)
+        ks.stop()
+    """
+
+    def __init__(self, start_timeout=DEFAULT_START_TIMEOUT,
+                 keep_tmpdir=False, base_dir=None, admin_password=None,
+                 extra_config=''):
+        """*extra_config*: text appended to keystone.conf."""
+        self.start_timeout = start_timeout
+        self.keep_tmpdir = keep_tmpdir
+        self.base_dir = base_dir
+        self.admin_password = admin_password or secrets.token_urlsafe(16)
+        self.extra_config = extra_config
+        self.tmpdir = None
+        self.port = None
+        self.startup_seconds = None
+        self.step_seconds = {}
+        self._server = None
+        self._watchdog = None
+        self._marker = None
+        self._env = None
+        self._session = None
+        self._role_ids = {}
+
+    # -- public properties --------------------------------------------------
+
+    @property
+    def auth_url(self):
+        self._require_started()
+        return 'http://%s:%d/v3' % (HOST, self.port)
+
+    @property
+    def config_path(self):
+        return os.path.join(self.tmpdir, 'keystone.conf')
+
+    @property
+    def log_path(self):
+        """Keystone's own log (oslo.log)."""
+        return os.path.join(self.tmpdir, 'keystone.log')
+
+    @property
+    def server_log_path(self):
+        """The WSGI server's stdout/stderr: one line per request."""
+        return os.path.join(self.tmpdir, 'server.log')
+
+    @property
+    def db_path(self):
+        return os.path.join(self.tmpdir, 'keystone.db')
+
+    @property
+    def running(self):
+        return self._server is not None and self._server.poll() is None
+
+    def processes(self):
+        """PIDs of live processes this server started (none once stopped)."""
+        return _marked_pids(self._marker) if self._marker else []
+
+    # -- start / stop --------------------------------------------------------
+
+    def start(self):
+        """Start Keystone; raise KeystoneStartError (with logs) on failure."""
+        if self.running:
+            return
+        started = time.monotonic()
+        deadline = started + self.start_timeout
+        self.tmpdir = tempfile.mkdtemp(prefix='nen-keystone-',
+                                       dir=self.base_dir)
+        self._marker = os.path.basename(self.tmpdir)
+        self._env = self._make_env()
+        self.step_seconds = {}
+        sock = None
+        try:
+            self._start_watchdog()
+            # Bound here and handed to the server: the port written into the
+            # catalog by bootstrap cannot be taken by anyone meanwhile.
+            sock = socket.create_server((HOST, 0), backlog=64)
+            self.port = sock.getsockname()[1]
+            self._write_config()
+            self._setup_keystone(deadline)
+            self._start_server(sock)
+            sock.close()
+            sock = None
+            self._wait_until_ready(deadline)
+        except BaseException as exc:
+            if sock is not None:
+                sock.close()
+            reason = self._failure_report(exc)
+            self.stop()
+            if isinstance(exc, Exception):
+                raise KeystoneStartError(reason) from exc
+            raise
+        self.startup_seconds = time.monotonic() - started
+        LOG.info('Keystone up on port %d after %.1fs', self.port,
+                 self.startup_seconds)
+
+    def _make_env(self):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(('OS_', 'PYTHONSTARTUP'))}
+        env.update({
+            MARKER_ENV: self._marker,
+            # Keeps ~/.keystone and ~/.config out of the picture.
+            'HOME': self.tmpdir,
+            'LC_ALL': env.get('LC_ALL') or 'C.UTF-8',
+            'PYTHONUNBUFFERED': '1',
+        })
+        return env
+
+    def _write_config(self):
+        d = self.tmpdir
+        text = '\n'.join([
+            '[DEFAULT]',
+            'log_file = %s' % self.log_path,
+            'use_stderr = false',
+            # Error answers say why (e.g. which check failed on a 401).
+            'insecure_debug = true',
+            '',
+            '[database]',
+            'connection = sqlite:///%s' % self.db_path,
+            '',
+            '[fernet_tokens]',
+            'key_repository = %s' % os.path.join(d, 'fernet-keys'),
+            '',
+            '[fernet_receipts]',
+            'key_repository = %s' % os.path.join(d, 'fernet-receipts'),
+            '',
+            '[credential]',
+            'key_repository = %s' % os.path.join(d, 'credential-keys'),
+            '',
+            '[identity]',
+            # The default (scrypt-like cost) takes ~0.35 s per login.
+            'password_hash_algorithm = bcrypt',
+            'password_hash_rounds = 4',
+            '',
+        ])
+        if self.extra_config:
+            text += '\n' + self.extra_config.rstrip('\n') + '\n'
+        with open(self.config_path, 'w') as f:
+            f.write(text)
+
+    def _manage_cmd(self, *args):
+        return [sys.executable, '-c', _MANAGE, '--config-file',
+                self.config_path] + list(args)
+
+    def _owner_args(self):
+        # Required when running as root; harmless otherwise.
+        return ['--keystone-user', pwd.getpwuid(os.getuid()).pw_name,
+                '--keystone-group', grp.getgrgid(os.getgid()).gr_name]
+
+    def _run_manage(self, steps, deadline):
+        """Run keystone-manage commands in parallel; raise if any fails.
+
+        Each command's output goes to manage-NAME.log in the directory.
+        """
+        t0 = time.monotonic()
+        procs = []
+        try:
+            for name, args in steps:
+                out_path = os.path.join(self.tmpdir, 'manage-%s.log' % name)
+                with open(out_path, 'wb') as out:
+                    procs.append((name, out_path, subprocess.Popen(
+                        self._manage_cmd(*args), env=self._env,
+                        cwd=self.tmpdir, stdin=subprocess.DEVNULL,
+                        stdout=out, stderr=subprocess.STDOUT)))
+            failures = []
+            for name, out_path, proc in procs:
+                try:
+                    rc = proc.wait(timeout=max(1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    failures.append('keystone-manage %s did not finish within '
+                                    'the start timeout (%.0fs)' % (
+                                        name, self.start_timeout))
+                    continue
+                if rc != 0:
+                    failures.append(
+                        'keystone-manage %s failed with code %d:\n%s' % (
+                            name, rc, _excerpt(out_path, tail=30)))
+            if failures:
+                raise KeystoneStartError('\n'.join(failures))
+        finally:
+            for _name, _path, proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        self.step_seconds['+'.join(n for n, _a in steps)] = round(
+            time.monotonic() - t0, 2)
+
+    def _setup_keystone(self, deadline):
+        self._run_manage([
+            ('db_sync', ['db_sync']),
+            ('fernet_setup', ['fernet_setup'] + self._owner_args()),
+            ('credential_setup', ['credential_setup'] + self._owner_args()),
+        ], deadline)
+        self._run_manage([
+            ('bootstrap', [
+                'bootstrap',
+                '--bootstrap-password', self.admin_password,
+                '--bootstrap-username', ADMIN_USER,
+                '--bootstrap-project-name', ADMIN_PROJECT,
+                '--bootstrap-role-name', ADMIN_ROLE,
+                '--bootstrap-region-id', REGION,
+                '--bootstrap-public-url', self.auth_url,
+            ]),
+        ], deadline)
+
+    def _start_watchdog(self):
+        needle = '%s=%s' % (MARKER_ENV, self._marker)
+        self._watchdog = subprocess.Popen(
+            [sys.executable, '-c', _WATCHDOG_CODE, needle,
+             '' if self.keep_tmpdir else self.tmpdir],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+            close_fds=True)
+
+    def _start_server(self, sock):
+        with open(self.server_log_path, 'wb') as out:
+            self._server = subprocess.Popen(
+                [sys.executable, WSGI_SCRIPT, '--config-file',
+                 self.config_path, '--listen-fd', str(sock.fileno()),
+                 '--exit-on-stdin-eof'],
+                env=self._env, cwd=self.tmpdir, stdin=subprocess.PIPE,
+                stdout=out, stderr=subprocess.STDOUT,
+                pass_fds=(sock.fileno(),), start_new_session=True)
+
+    def _wait_until_ready(self, deadline):
+        t0 = time.monotonic()
+        url = self.auth_url
+        last = None
+        while True:
+            if self._server.poll() is not None:
+                raise KeystoneStartError(
+                    'the Keystone server exited with code %s before '
+                    'answering' % self._server.returncode)
+            try:
+                with _NO_PROXY_OPENER.open(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+                    last = 'HTTP %s' % resp.status
+            except urllib_error.HTTPError as exc:
+                last = 'HTTP %s' % exc.code
+            except (OSError, ValueError) as exc:
+                last = repr(exc)
+            if time.monotonic() > deadline:
+                raise KeystoneStartError(
+                    'GET %s did not answer 200 within %.0fs (last: %s)' % (
+                        url, self.start_timeout, last))
+            time.sleep(0.1)
+        self.step_seconds['server'] = round(time.monotonic() - t0, 2)
+        # The real proof: the admin gets a project-scoped token.
+        t0 = time.monotonic()
+        self._session = self.admin_session()
+        self._session.get_token()
+        self.step_seconds['admin_token'] = round(time.monotonic() - t0, 2)
+
+    def _failure_report(self, exc):
+        lines = ['Keystone test server failed to start: %s' % exc,
+                 'port %s, dir %s' % (self.port, self.tmpdir)]
+        for title, path in (('server output', self.server_log_path),
+                            ('keystone.log', self.log_path)):
+            if os.path.exists(path):
+                lines += ['--- %s (tail) ---' % title, _excerpt(path)]
+        return '\n'.join(lines)
+
+    def stop(self):
+        """Stop Keystone and remove everything it started.  Idempotent."""
+        self._session = None
+        self._role_ids = {}
+        server, self._server = self._server, None
+        if server is not None:
+            if server.poll() is None:
+                with contextlib.suppress(OSError):
+                    server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    LOG.warning('Keystone did not stop within 10s, killing')
+            with contextlib.suppress(OSError):
+                os.killpg(server.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(timeout=5)
+            with contextlib.suppress(OSError):
+                server.stdin.close()
+        if self._marker:
+            _sweep(self._marker)
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            with contextlib.suppress(OSError):
+                watchdog.stdin.close()
+            try:
+                watchdog.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                watchdog.kill()
+                watchdog.wait()
+        if self.tmpdir and not self.keep_tmpdir:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def _require_started(self):
+        if self.port is None:
+            raise RuntimeError('KeystoneServer is not started')
+
+    # -- sessions and configuration -----------------------------------------
+
+    def admin_session(self):
+        """A new keystoneauth1 Session, scoped to the admin project."""
+        return self.user_session(ADMIN_USER, self.admin_password,
+                                 ADMIN_PROJECT)
+
+    def user_session(self, username, password, project_name=None,
+                     system_scope=None, user_domain_id=DEFAULT_DOMAIN_ID,
+                     project_domain_id=DEFAULT_DOMAIN_ID):
+        """A keystoneauth1 Session for *username* (password auth).
+
+        Project-scoped with *project_name*, system-scoped with
+        ``system_scope='all'``, unscoped with neither.  It ignores proxy
+        settings from the environment.
+        """
+        kwargs = {}
+        if project_name is not None:
+            kwargs.update(project_name=project_name,
+                          project_domain_id=project_domain_id)
+        if system_scope is not None:
+            kwargs['system_scope'] = system_scope
+        auth = v3.Password(auth_url=self.auth_url, username=username,
+                           password=password, user_domain_id=user_domain_id,
+                           **kwargs)
+        http = requests.Session()
+        http.trust_env = False
+        return ks_session.Session(auth=auth, session=http)
+
+    def service_credentials_conf(self, username, password, project_name,
+                                 user_domain='Default',
+                                 project_domain='Default'):
+        """INI text of a ``[service_credentials]`` section for this Keystone.
+
+        For keystoneauth1's conf loading
+        (``loading.load_auth_from_conf_options(conf, 'service_credentials')``
+        after ``register_auth_conf_options``).  ``$`` is written as ``$$``,
+        which oslo.config reads back as ``$``.
+        """
+        values = [
+            ('auth_type', 'password'),
+            ('auth_url', self.auth_url),
+            ('username', username),
+            ('password', password),
+            ('project_name', project_name),
+            ('user_domain_name', user_domain),
+            ('project_domain_name', project_domain),
+        ]
+        return '[service_credentials]\n' + ''.join(
+            '%s = %s\n' % (k, _ini_value(k, v)) for k, v in values)
+
+    # -- REST helpers --------------------------------------------------------
+
+    @property
+    def session(self):
+        """The admin Session the seeding helpers use."""
+        self._require_started()
+        if self._session is None:
+            self._session = self.admin_session()
+        return self._session
+
+    def _url(self, path):
+        return self.auth_url + path
+
+    def get(self, path, **params):
+        """GET /v3*path* as the admin; the decoded JSON answer."""
+        return self.session.get(self._url(path), params=params or None).json()
+
+    def _post(self, path, body):
+        return self.session.post(self._url(path), json=body).json()
+
+    def _put(self, path):
+        self.session.put(self._url(path))
+
+    def create_project(self, name, domain_id=DEFAULT_DOMAIN_ID,
+                       description=''):
+        """Create a project; return its id."""
+        body = {'project': {'name': name, 'domain_id': domain_id,
+                            'description': description, 'enabled': True}}
+        return self._post('/projects', body)['project']['id']
+
+    def create_user(self, name, password, email=None, enabled=True,
+                    project=None, domain_id=DEFAULT_DOMAIN_ID):
+        """Create a user; return its id.
+
+        *email* is stored as an extra attribute (GET /v3/users/{id} returns
+        it); *project* is a project id, stored as the default project.
+        """
+        user = {'name': name, 'password': password, 'enabled': enabled,
+                'domain_id': domain_id}
+        if email is not None:
+            user['email'] = email
+        if project is not None:
+            user['default_project_id'] = project
+        return self._post('/users', {'user': user})['user']['id']
+
+    def get_user(self, user_id):
+        """GET /v3/users/{id}: the user dict (with extra attributes)."""
+        return self.get('/users/%s' % user_id)['user']
+
+    def disable_user(self, user_id):
+        self.session.patch(self._url('/users/%s' % user_id),
+                           json={'user': {'enabled': False}})
+
+    def create_group(self, name, domain_id=DEFAULT_DOMAIN_ID):
+        """Create a group; return its id."""
+        body = {'group': {'name': name, 'domain_id': domain_id}}
+        return self._post('/groups', body)['group']['id']
+
+    def add_user_to_group(self, user_id, group_id):
+        self._put('/groups/%s/users/%s' % (group_id, user_id))
+
+    def create_role(self, name):
+        """Create a global role; return its id."""
+        role_id = self._post('/roles', {'role': {'name': name}})['role']['id']
+        self._role_ids[name] = role_id
+        return role_id
+
+    def role_id(self, name):
+        """The id of the global role *name*; LookupError if there is none.
+
+        Keystone's bootstrap makes admin, member and reader.
+        """
+        if name not in self._role_ids:
+            roles = self.get('/roles', name=name)['roles']
+            if not roles:
+                raise LookupError('no role named %r in Keystone' % name)
+            self._role_ids[name] = roles[0]['id']
+        return self._role_ids[name]
+
+    @staticmethod
+    def _actor(user_id, group_id):
+        if (user_id is None) == (group_id is None):
+            raise ValueError('give exactly one of user_id and group_id')
+        if user_id is not None:
+            return 'users/%s' % user_id
+        return 'groups/%s' % group_id
+
+    def grant_project(self, role, project_id, user_id=None, group_id=None):
+        """Grant role *role* (a name) on a project to a user or a group."""
+        self._put('/projects/%s/%s/roles/%s' % (
+            project_id, self._actor(user_id, group_id), self.role_id(role)))
+
+    def grant_system(self, role, user_id=None, group_id=None):
+        """Grant role *role* (a name) on the system to a user or a group."""
+        self._put('/system/%s/roles/%s' % (
+            self._actor(user_id, group_id), self.role_id(role)))
+
+    def role_assignments(self, effective=False, include_names=False,
+                         **filters):
+        """GET /v3/role_assignments as the admin; the list of assignments.
+
+        *filters* are query parameters with dots written as double
+        underscores: ``scope__system='all'``, ``user__id=...``,
+        ``scope__project__id=...``, ``role__id=...``.
+
+        Keystone's own rules, which the tests prove: ``effective`` expands
+        group membership and implied roles but leaves out every system
+        grant, and ignores ``scope.system`` (it then answers with the
+        project and domain assignments); without ``effective``,
+        ``scope.system='all'`` lists system grants, to groups as groups.
+        Disabled users are listed like any other.
+        """
+        params = {k.replace('__', '.'): v for k, v in filters.items()}
+        if effective:
+            params['effective'] = ''
+        if include_names:
+            params['include_names'] = ''
+        return self.get('/role_assignments', **params)['role_assignments']
