@@ -163,3 +163,25 @@ def from_records(records, receiver, rule, include_details=False):
         first_seen=min(stamps) if stamps else now,
         last_seen=max(stamps) if stamps else now,
     )
+
+
+def sample(receiver='check'):
+    """A complete alert, with hostile characters, to check templates with.
+
+    Drivers render it at start-up so that a broken template stops the
+    service there rather than at the first real alert.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return Alert(
+        id='00000000-0000-4000-8000-000000000000', receiver=receiver,
+        rule='check', event_types=('compute_task.build_instances',),
+        synthetic_events=('notifier.instance.create_failed',),
+        request_id='req-check', global_request_id=None,
+        instance_uuid='00000000-0000-4000-8000-000000000001',
+        instance_name='check <&> "quotes" \\ \u00e9', instance_state='error',
+        host='compute-0', project_id='p', project_name='project',
+        user_id='u', user_name='user', exception='NoValidHost',
+        message='No valid host was found.', code=500,
+        details='Traceback (most recent call last):\n  ...',
+        publishers=('nova-conductor:controller',), message_ids=('m',),
+        first_seen=now, last_seen=now)

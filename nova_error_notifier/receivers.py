@@ -189,6 +189,8 @@ def list_opts():
     """The receiver options, with those of the drivers shipped here."""
     from nova_error_notifier.drivers import email as email_driver
     from nova_error_notifier.drivers import log as log_driver
+    from nova_error_notifier.drivers import webhook as webhook_driver
     return [(GROUP_PREFIX + '<name>',
              RECEIVER_OPTS + log_driver.LogDriver.list_opts() +
-             email_driver.EmailDriver.list_opts())]
+             email_driver.EmailDriver.list_opts() +
+             webhook_driver.WebhookDriver.list_opts())]

@@ -28,6 +28,7 @@ outage, not once per alert.
 
 import threading
 import time
+from urllib import parse
 
 from keystoneauth1 import adapter as ks_adapter
 from keystoneauth1 import exceptions as ks_exc
@@ -189,7 +190,8 @@ class StaffDirectory:
 
     def _project_id(self, value):
         try:
-            project = self.adapter().get('/projects/%s' % value).json()
+            project = self.adapter().get(
+                '/projects/%s' % parse.quote(value, safe='')).json()
             return project['project']['id']
         except ks_exc.NotFound:
             pass

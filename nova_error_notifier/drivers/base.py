@@ -76,11 +76,14 @@ class DriverError(Exception):
     :param retryable: True when trying again later could succeed (a timeout,
         a 5xx answer, a refused connection); False when it cannot (a
         rejected address, a 4xx answer).
+    :param retry_after: seconds the receiver asked to wait before the next
+        attempt (an HTTP ``Retry-After``), or None.
     """
 
-    def __init__(self, message, retryable=False):
+    def __init__(self, message, retryable=False, retry_after=None):
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class DriverConfigError(ValueError):

@@ -37,7 +37,6 @@ instance name can add a header.
 """
 
 import dataclasses
-import datetime
 import email.message
 import email.policy
 import email.utils
@@ -52,6 +51,7 @@ from jinja2 import sandbox
 from oslo_config import cfg
 from oslo_log import log
 
+from nova_error_notifier import alert as alert_mod
 from nova_error_notifier.drivers import base
 from nova_error_notifier import logsafe
 from nova_error_notifier import record as rec
@@ -257,22 +257,6 @@ def next_steps(alert):
     return steps
 
 
-def sample_alert(receiver='check'):
-    """An alert to render templates with at start-up."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    from nova_error_notifier import alert as alert_mod
-    return alert_mod.Alert(
-        id='00000000-0000-4000-8000-000000000000', receiver=receiver,
-        rule='check', event_types=('compute_task.build_instances',),
-        synthetic_events=(rec.CREATE_FAILED,), request_id='req-check',
-        instance_uuid='00000000-0000-4000-8000-000000000001',
-        instance_name='check <&> "quotes"', instance_state='error',
-        host='compute-0', project_id='p', user_id='u',
-        exception='NoValidHost', message='No valid host was found.',
-        code=500, details='Traceback (most recent call last):\n  ...',
-        first_seen=now, last_seen=now)
-
-
 class EmailDriver(base.Driver):
     """Sends each alert as an e-mail over SMTP."""
 
@@ -328,7 +312,7 @@ class EmailDriver(base.Driver):
         if not problems:
             try:
                 self.templates = Templates(values['templates_dir'])
-                self.templates.render(sample_alert(self.receiver),
+                self.templates.render(alert_mod.sample(self.receiver),
                                       self.conf.region_name)
             except jinja2.TemplateError as exc:
                 problems.append('templates: %s: %s'

@@ -49,6 +49,7 @@ def load(tmp_path, receiver='to = ops@example.com', port=2525, timeout=2,
 
 
 def make_alert(name=HOSTILE, include_details=False, **fields):
+    """An alert from one record; ``fields`` override the record's."""
     values = dict(
         event_type='compute_task.build_instances', priority='ERROR',
         format='legacy', synthetic_events=(rec.CREATE_FAILED,),
@@ -56,7 +57,8 @@ def make_alert(name=HOSTILE, include_details=False, **fields):
         message='No valid host was found. <b>bold</b> & more',
         request_id='req-8e4f2a1c', instance_host='ctl-01',
         project_id='p-1', user_id='u-1', code=500,
-        details='Traceback (most recent call last):\n  <frame>\n')
+        details='Traceback (most recent call last):\n  <frame>\n',
+        message_id='m-default')
     values.update(fields)
     return alert_mod.from_records([rec.ErrorRecord(**values)],
                                   receiver='mail', rule='r',

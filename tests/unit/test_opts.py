@@ -35,7 +35,8 @@ def test_list_opts_groups_and_help():
     groups = opts.list_opts()
     names = [group for group, _ in groups]
     assert sorted(names, key=str) == sorted(
-        [None, 'listener', 'receiver:<name>', 'rule:<name>'], key=str)
+        [None, 'listener', 'receiver:<name>', 'rule:<name>', 'email',
+         'staff', 'service_credentials'], key=str)
     assert len(names) == len(set(names))
     for group, options in groups:
         assert options, group
@@ -55,9 +56,13 @@ def test_expected_options_are_listed():
             'watch_state_changes', 'stop_timeout'} <= listed['listener']
     assert {'events', 'receivers', 'include_exceptions',
             'exclude_exceptions', 'continue'} <= listed['rule:<name>']
-    # The log driver's own option is documented with the receiver options.
-    assert {'driver', 'include_details', 'level'} <= listed[
+    # The drivers' own options are documented with the receiver options.
+    assert {'driver', 'include_details', 'level', 'to', 'staff_users',
+            'url', 'secret', 'headers', 'body_template'} <= listed[
         'receiver:<name>']
+    assert 'region_name' in listed[None]
+    assert {'smtp_host', 'smtp_password', 'from_address'} <= listed['email']
+    assert {'role', 'project', 'cache_ttl'} <= listed['staff']
 
 
 def test_register_opts_gives_defaults():

@@ -1,0 +1,338 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""The ``webhook`` driver: a signed, versioned JSON body per alert.
+
+::
+
+    [receiver:chatops]
+    driver = webhook
+    url = https://hooks.example.org/nova
+    secret = a-long-random-string
+    headers = Authorization:Bearer abc123
+
+The default body is version 1 of the document described by the JSON Schema
+``nova_error_notifier/schemas/webhook-v1.json``. With a ``secret`` each
+request carries ``X-Nova-Error-Notifier-Timestamp`` and
+``X-Nova-Error-Notifier-Signature: sha256=<hex HMAC-SHA256 of
+"<timestamp>.<body>">``. ``Idempotency-Key`` is the same for every retry of
+one alert to one receiver.
+
+HTTP goes through a keystoneauth1 ``Session`` (TLS options, timeouts). Its
+request logging is kept off, so that header values (tokens) never reach a
+log line even with ``debug = true``.
+"""
+
+import email.utils
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import time
+from urllib import parse
+
+import jinja2
+from jinja2 import sandbox
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import session as ks_session
+from oslo_config import cfg
+from oslo_log import log
+
+from nova_error_notifier import alert as alert_mod
+from nova_error_notifier.drivers import base
+from nova_error_notifier import logsafe
+from nova_error_notifier import version
+
+LOG = log.getLogger(__name__)
+
+BODY_VERSION = '1'
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'schemas', 'webhook-v1.json')
+TIMESTAMP_HEADER = 'X-Nova-Error-Notifier-Timestamp'
+SIGNATURE_HEADER = 'X-Nova-Error-Notifier-Signature'
+IDEMPOTENCY_HEADER = 'Idempotency-Key'
+RETRYABLE_STATUS = frozenset((408, 429))
+MAX_RETRY_AFTER = 3600
+
+# keystoneauth logs requests and responses (headers included) at DEBUG on
+# the logger it is given: give it one that never logs below INFO.
+_HTTP_LOG = logging.getLogger('nova_error_notifier.webhook.http')
+_HTTP_LOG.setLevel(logging.INFO)
+
+
+def _iso(stamp):
+    return stamp.strftime('%Y-%m-%dT%H:%M:%S.%fZ') if stamp else None
+
+
+def alert_document(alert):
+    """One alert of the version 1 body."""
+    return {
+        'id': alert.id,
+        'rule': alert.rule,
+        'event_types': list(alert.event_types),
+        'synthetic_events': list(alert.synthetic_events),
+        'request_id': alert.request_id,
+        'global_request_id': alert.global_request_id,
+        'instance': {
+            'uuid': alert.instance_uuid,
+            'name': alert.instance_name,
+            'state': alert.instance_state,
+            'host': alert.host,
+        },
+        'project_id': alert.project_id,
+        'project_name': alert.project_name,
+        'user_id': alert.user_id,
+        'user_name': alert.user_name,
+        'error': {
+            'exception': alert.exception,
+            'message': alert.message,
+            'reason': alert.reason,
+            'code': alert.code,
+            'details': alert.details,
+        },
+        'publishers': list(alert.publishers),
+        'count': alert.count,
+        'first_seen': _iso(alert.first_seen),
+        'last_seen': _iso(alert.last_seen),
+        'test': alert.test,
+    }
+
+
+def body_document(alerts, receiver, region):
+    """The version 1 body for ``alerts`` (one or more)."""
+    return {
+        'version': BODY_VERSION,
+        'receiver': receiver,
+        'region': region,
+        'alerts': [alert_document(a) for a in alerts],
+    }
+
+
+def sign(secret, timestamp, body):
+    """The signature header value for ``body`` (bytes)."""
+    digest = hmac.new(secret.encode('utf-8'),
+                      str(timestamp).encode('ascii') + b'.' + body,
+                      hashlib.sha256).hexdigest()
+    return 'sha256=' + digest
+
+
+def idempotency_key(alert, receiver):
+    """The same for every retry of one alert to one receiver."""
+    material = '\n'.join([receiver, alert.id] + list(alert.message_ids or
+                                                     [_iso(alert.first_seen)
+                                                      or '']))
+    return hashlib.sha256(material.encode('utf-8')).hexdigest()[:40]
+
+
+def safe_url(url):
+    """The URL without credentials and query string, for log lines."""
+    try:
+        parts = parse.urlsplit(url)
+        host = parts.hostname or ''
+        if parts.port:
+            host = '%s:%d' % (host, parts.port)
+        return parse.urlunsplit((parts.scheme, host, parts.path, '', ''))
+    except ValueError:
+        return '(unparsable URL)'
+
+
+def parse_retry_after(value, now=None):
+    """Seconds to wait from a ``Retry-After`` value, or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(int(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0, min(int(when.timestamp() - now), MAX_RETRY_AFTER))
+
+
+class WebhookDriver(base.Driver):
+    """POSTs each alert as JSON to a URL."""
+
+    OPTS = [
+        cfg.StrOpt('url',
+                   help='Where the alerts are POSTed (http:// or https://). '
+                        'Required.'),
+        cfg.StrOpt('secret',
+                   secret=True,
+                   help='Shared secret: each request is signed with '
+                        'HMAC-SHA256 (X-Nova-Error-Notifier-Signature).'),
+        cfg.FloatOpt('timeout',
+                     default=10.0,
+                     min=0.1,
+                     help='Seconds to wait for the receiver.'),
+        cfg.StrOpt('body_template',
+                   help='Path of a Jinja2 template rendering the JSON body '
+                        'instead of the default version 1 document (for '
+                        'Slack, Mattermost or Teams style receivers). Its '
+                        'context: "body" (the version 1 document), "alert" '
+                        '(its first alert), "receiver" and "region".'),
+        cfg.DictOpt('headers',
+                    default={},
+                    secret=True,
+                    help='Extra static headers, e.g. '
+                         '"Authorization:Bearer abc". Never logged.'),
+        cfg.StrOpt('cafile',
+                   help='CA bundle to verify the receiver\'s certificate '
+                        'with. Default: the system\'s.'),
+        cfg.StrOpt('certfile',
+                   help='Client certificate (PEM) to present.'),
+        cfg.StrOpt('keyfile',
+                   help='Key of certfile, if not in the same file.'),
+        cfg.BoolOpt('insecure',
+                    default=False,
+                    help='Do not verify the receiver\'s certificate.'),
+    ]
+
+    def __init__(self, conf, receiver):
+        super().__init__(conf, receiver)
+        self._session = None
+        self._template = None
+
+    def check(self):
+        options = self.options
+        problems = []
+        if not options.url:
+            problems.append('url is not set')
+        else:
+            parts = parse.urlsplit(options.url)
+            if parts.scheme not in ('http', 'https') or not parts.hostname:
+                problems.append('url %s is not an http:// or https:// URL'
+                                % safe_url(options.url))
+        for key in ('cafile', 'certfile', 'keyfile', 'body_template'):
+            path = options[key]
+            if path and not os.path.isfile(path):
+                problems.append('%s %s does not exist' % (key, path))
+        if options.keyfile and not options.certfile:
+            problems.append('keyfile needs certfile')
+        for name in options.headers:
+            if not name or any(c in name for c in ' :\r\n') or \
+                    any(c in options.headers[name] for c in '\r\n'):
+                problems.append('headers: %r is not a valid header'
+                                % logsafe.escape(name, 60))
+        if not problems and options.body_template:
+            try:
+                self._template = self._load_template(options.body_template)
+                self._render(alert_mod.sample(self.receiver))
+            except jinja2.TemplateError as exc:
+                problems.append('body_template %s: %s: %s' % (
+                    options.body_template, type(exc).__name__, exc))
+            except (base.DriverError, OSError) as exc:
+                problems.append('body_template %s: %s' % (
+                    options.body_template, exc))
+        if problems:
+            raise base.DriverConfigError('; '.join(problems))
+
+    @staticmethod
+    def _load_template(path):
+        directory, name = os.path.split(os.path.abspath(path))
+        env = sandbox.SandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(directory), autoescape=False,
+            undefined=jinja2.StrictUndefined)
+        return env.get_template(name)
+
+    @property
+    def session(self):
+        if self._session is None:
+            options = self.options
+            verify = False if options.insecure else (options.cafile or True)
+            cert = None
+            if options.certfile:
+                cert = ((options.certfile, options.keyfile)
+                        if options.keyfile else options.certfile)
+            self._session = ks_session.Session(
+                verify=verify, cert=cert, timeout=options.timeout,
+                user_agent='nova-error-notifier/%s'
+                           % version.version_string())
+        return self._session
+
+    def _render(self, alert):
+        """The request body (bytes) for ``alert``."""
+        document = body_document([alert], self.receiver,
+                                 self.conf.region_name)
+        if self._template is None:
+            return json.dumps(document, ensure_ascii=False,
+                              sort_keys=True).encode('utf-8')
+        try:
+            text = self._template.render(body=document,
+                                         alert=document['alerts'][0],
+                                         receiver=self.receiver,
+                                         region=self.conf.region_name)
+        except jinja2.TemplateError as exc:
+            raise base.DriverError('body_template failed: %s: %s'
+                                   % (type(exc).__name__, exc))
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise base.DriverError('body_template did not render JSON: %s'
+                                   % exc)
+        return text.encode('utf-8')
+
+    def headers(self, alert, body, now=None):
+        headers = dict(self.options.headers)
+        headers['Content-Type'] = 'application/json'
+        headers[IDEMPOTENCY_HEADER] = idempotency_key(alert, self.receiver)
+        secret = self.options.secret
+        if secret:
+            timestamp = int(time.time() if now is None else now)
+            headers[TIMESTAMP_HEADER] = str(timestamp)
+            headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
+        return headers
+
+    def notify(self, alert):
+        body = self._render(alert)
+        headers = self.headers(alert, body)
+        url = self.options.url
+        where = safe_url(url)
+        try:
+            response = self.session.post(
+                url, data=body, headers=headers, authenticated=False,
+                raise_exc=False, redirect=False, logger=_HTTP_LOG)
+        except ks_exc.SSLError as exc:
+            raise base.DriverError('POST %s: TLS failed: %s' % (
+                where, _short(exc)), retryable=False)
+        except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout,
+                ks_exc.RequestTimeout, ks_exc.UnknownConnectionError) as exc:
+            raise base.DriverError('POST %s: %s: %s' % (
+                where, type(exc).__name__, _short(exc)), retryable=True)
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        retryable = status >= 500 or status in RETRYABLE_STATUS
+        retry_after = (parse_retry_after(response.headers.get('Retry-After'))
+                       if retryable else None)
+        raise base.DriverError(
+            'POST %s answered HTTP %d %s%s' % (
+                where, status, logsafe.escape(response.reason or '', 80),
+                ' (Retry-After %ss)' % retry_after
+                if retry_after is not None else ''),
+            retryable=retryable, retry_after=retry_after)
+
+
+_QUERY_RE = re.compile(r'\?[^\s\'")]*')
+
+
+def _short(exc):
+    """An exception's text with any URL query string (tokens) cut out."""
+    return logsafe.escape(_QUERY_RE.sub('?...', str(exc)), 300)
+
+
+def list_opts():
+    return list(WebhookDriver.OPTS)
