@@ -56,6 +56,7 @@ from nova_error_notifier import version
 LOG = log.getLogger(__name__)
 
 BODY_VERSION = '1'
+_QUERY_RE = re.compile(r'\?[^\s\'")]*')
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'schemas', 'webhook-v1.json')
 TIMESTAMP_HEADER = 'X-Nova-Error-Notifier-Timestamp'
@@ -68,6 +69,20 @@ MAX_RETRY_AFTER = 3600
 # the logger it is given: give it one that never logs below INFO.
 _HTTP_LOG = logging.getLogger('nova_error_notifier.webhook.http')
 _HTTP_LOG.setLevel(logging.INFO)
+
+
+class _QueryRedactor(logging.Filter):
+    """Cuts query strings out of urllib3's DEBUG request lines."""
+
+    def filter(self, record):
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(
+                _QUERY_RE.sub('?...', arg) if isinstance(arg, str) else arg
+                for arg in record.args)
+        return True
+
+
+_URLLIB3_LOG = logging.getLogger('urllib3.connectionpool')
 
 
 def _iso(stamp):
@@ -168,8 +183,10 @@ class WebhookDriver(base.Driver):
 
     OPTS = [
         cfg.StrOpt('url',
+                   secret=True,
                    help='Where the alerts are POSTed (http:// or https://). '
-                        'Required.'),
+                        'Required. Secret, as its query string may hold a '
+                        'token: log lines show it without one.'),
         cfg.StrOpt('secret',
                    secret=True,
                    help='Shared secret: each request is signed with '
@@ -205,6 +222,9 @@ class WebhookDriver(base.Driver):
         super().__init__(conf, receiver)
         self._session = None
         self._template = None
+        if not any(isinstance(f, _QueryRedactor)
+                   for f in _URLLIB3_LOG.filters):
+            _URLLIB3_LOG.addFilter(_QueryRedactor())
 
     def check(self):
         options = self.options
@@ -324,9 +344,6 @@ class WebhookDriver(base.Driver):
                 ' (Retry-After %ss)' % retry_after
                 if retry_after is not None else ''),
             retryable=retryable, retry_after=retry_after)
-
-
-_QUERY_RE = re.compile(r'\?[^\s\'")]*')
 
 
 def _short(exc):
