@@ -66,6 +66,16 @@ class Alert:
     last_seen: typing.Optional[datetime.datetime] = None
     #: True for the test alerts sent by operators' commands.
     test: bool = False
+    #: For a digest: the alerts it folds together (possibly capped).
+    members: typing.Tuple['Alert', ...] = ()
+    #: For a digest: how many incidents it stands for (members may be
+    #: fewer when capped), and its one-line summary.
+    digest_count: int = 0
+    summary: typing.Optional[str] = None
+
+    @property
+    def is_digest(self):
+        return self.digest_count > 0
 
     @property
     def events(self):
@@ -85,7 +95,7 @@ def incident_id(records):
     return str(uuid.uuid5(_ID_NAMESPACE, key))
 
 
-def _informative(record):
+def informativeness(record):
     """Rank records by how much their error says (higher is better)."""
     score = 0
     if record.exception:
@@ -123,17 +133,21 @@ def _state_message(records):
     return None
 
 
-def from_records(records, receiver, rule, include_details=False):
-    """Build the :class:`Alert` of an incident for one receiver."""
+def from_records(records, receiver, rule, include_details=False,
+                 incident=None):
+    """Build the :class:`Alert` of an incident for one receiver.
+
+    :param incident: the incident's id; by default derived from the records.
+    """
     records = list(records)
     if not records:
         raise ValueError('an alert needs at least one record')
-    best = max(records, key=_informative)
+    best = max(records, key=informativeness)
     stamps = [r.timestamp for r in records if r.timestamp]
     now = datetime.datetime.now(datetime.timezone.utc)
     last = records[-1]
     return Alert(
-        id=incident_id(records),
+        id=incident or incident_id(records),
         receiver=receiver,
         rule=rule,
         event_types=_unique(r.event_type for r in records),
@@ -185,3 +199,71 @@ def sample(receiver='check'):
         details='Traceback (most recent call last):\n  ...',
         publishers=('nova-conductor:controller',), message_ids=('m',),
         first_seen=now, last_seen=now)
+
+
+def to_dict(alert):
+    """A JSON-friendly dict of an alert (digest members included)."""
+    data = {}
+    for field in dataclasses.fields(alert):
+        value = getattr(alert, field.name)
+        if field.name == 'members':
+            value = [to_dict(member) for member in value]
+        elif isinstance(value, datetime.datetime):
+            value = value.isoformat()
+        elif isinstance(value, tuple):
+            value = list(value)
+        data[field.name] = value
+    return data
+
+
+def from_dict(data):
+    """The inverse of :func:`to_dict`; unknown keys are ignored."""
+    values = {}
+    for field in dataclasses.fields(Alert):
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        if field.name == 'members':
+            value = tuple(from_dict(member) for member in value)
+        elif field.name in ('first_seen', 'last_seen') and value:
+            value = datetime.datetime.fromisoformat(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[field.name] = value
+    return Alert(**values)
+
+
+def for_receiver(alert, receiver, include_details):
+    """The same alert, addressed to another receiver (a fallback)."""
+    members = tuple(for_receiver(m, receiver, include_details)
+                    for m in alert.members)
+    return dataclasses.replace(
+        alert, receiver=receiver, members=members,
+        details=alert.details if include_details else None)
+
+
+def with_count(alert, count):
+    """The alert standing for ``count`` notifications."""
+    return dataclasses.replace(alert, count=max(count, alert.count))
+
+
+def with_rule(alert, rule):
+    return dataclasses.replace(alert, rule=rule)
+
+
+def digest(digest_id, receiver, rule, members, count, summary):
+    """One alert folding ``count`` incidents (``members`` may be fewer)."""
+    stamps = [m.first_seen for m in members if m.first_seen]
+    lasts = [m.last_seen for m in members if m.last_seen]
+    event_types = []
+    for member in members:
+        for event in member.event_types:
+            if event not in event_types:
+                event_types.append(event)
+    return Alert(
+        id=digest_id, receiver=receiver, rule=rule,
+        event_types=tuple(event_types), members=tuple(members),
+        digest_count=count, summary=summary,
+        count=sum(m.count for m in members) or count,
+        first_seen=min(stamps) if stamps else None,
+        last_seen=max(lasts) if lasts else None)

@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 
 
 #: The service's own static option groups (besides rule:* / receiver:*).
-OWN_GROUPS = ('listener', 'email', 'staff')
+OWN_GROUPS = ('listener', 'email', 'staff', 'correlation', 'delivery')
 
 
 class Settings:
@@ -39,6 +39,13 @@ class Settings:
         self.ruleset = ruleset
         self.receivers = receivers
         self.warnings = list(warnings)
+
+
+def _fallback_receiver(conf):
+    try:
+        return conf.delivery.fallback_receiver
+    except (cfg.NoSuchOptError, AttributeError):
+        return None
 
 
 def check_values(conf):
@@ -72,11 +79,14 @@ def load(conf):
     try:
         ruleset, warnings = rules_mod.load(
             conf, default_receiver=receivers_mod.DEFAULT_RECEIVER)
-        names = ruleset.receivers
+        names = list(ruleset.receivers)
     except rules_mod.RuleError as exc:
         ruleset = None
         problems.extend(exc.problems)
-        names = exc.receivers
+        names = list(exc.receivers)
+    fallback = _fallback_receiver(conf)
+    if fallback and fallback not in names:
+        names.append(fallback)
     receivers = {}
     try:
         receivers = receivers_mod.load(conf, names, implicit=implicit)

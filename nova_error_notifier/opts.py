@@ -13,8 +13,10 @@
 
 import itertools
 
+from nova_error_notifier import correlate
 from nova_error_notifier.drivers import base as driver_base
 from nova_error_notifier.drivers import email as email_driver
+from nova_error_notifier import outbox
 from nova_error_notifier import receivers
 from nova_error_notifier import rules
 from nova_error_notifier import service
@@ -28,6 +30,8 @@ def register_opts(conf):
     driver_base.register_opts(conf)
     email_driver.register_opts(conf)
     staff.register_opts(conf)
+    correlate.register_opts(conf)
+    outbox.register_opts(conf)
 
 
 def list_opts():
@@ -40,4 +44,5 @@ def list_opts():
         (None, rules.DEFAULT_OPTS + driver_base.COMMON_OPTS),
         ('listener', service.LISTENER_OPTS),
     ] + list(itertools.chain(rules.list_opts()[1:], receivers.list_opts(),
-                             email_driver.list_opts(), staff.list_opts()))
+                             email_driver.list_opts(), staff.list_opts(),
+                             correlate.list_opts(), outbox.list_opts()))

@@ -128,7 +128,8 @@ def load(conf, names, implicit=False):
     sections = set(conf.list_all_sections())
     for name in names:
         group = GROUP_PREFIX + name
-        if group not in sections and not implicit:
+        default = implicit and name == DEFAULT_RECEIVER
+        if group not in sections and not default:
             problems.append('receiver %r is used by a rule but has no [%s] '
                             'section' % (name, group))
             continue
@@ -140,7 +141,7 @@ def load(conf, names, implicit=False):
         if own:
             problems.extend(own)
             continue
-        if not driver_name and implicit:
+        if not driver_name and default:
             driver_name = DEFAULT_DRIVER
         if not driver_name:
             problems.append('[%s] driver is not set' % group)

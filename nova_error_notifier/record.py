@@ -39,6 +39,14 @@ ERROR_STATE = 'notifier.instance.error_state'
 SYNTHETIC_EVENTS = (CREATE_FAILED, ERROR_STATE)
 
 
+class RetryLater(Exception):
+    """Raised by a sink that cannot take a record now (its store is down).
+
+    The endpoint then hands the message back to the queue instead of
+    acknowledging it, so that nothing is lost.
+    """
+
+
 @dataclasses.dataclass(frozen=True)
 class ErrorRecord:
     """One error signalled by one Nova notification.
@@ -104,3 +112,48 @@ class ErrorRecord:
     def host(self):
         """The most useful host: the instance's, else the publisher's."""
         return self.instance_host or self.publisher_host
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolution:
+    """A notification saying an instance build succeeded after all.
+
+    ``instance.create.end`` / ``compute.instance.create.end``, or an update
+    from building to active. A build failure that Nova rescheduled and that
+    then succeeded is not worth an alert.
+    """
+
+    event_type: str
+    instance_uuid: str
+    request_id: typing.Optional[str] = None
+    message_id: typing.Optional[str] = None
+    timestamp: typing.Optional[datetime.datetime] = None
+
+
+def to_dict(value):
+    """A JSON-friendly dict of an ErrorRecord or Resolution."""
+    data = {}
+    for field in dataclasses.fields(value):
+        item = getattr(value, field.name)
+        if isinstance(item, datetime.datetime):
+            item = item.isoformat()
+        elif isinstance(item, tuple):
+            item = [list(i) if isinstance(i, tuple) else i for i in item]
+        data[field.name] = item
+    return data
+
+
+def from_dict(data, cls=ErrorRecord):
+    """The inverse of :func:`to_dict`; unknown keys are ignored."""
+    values = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in data:
+            continue
+        item = data[field.name]
+        if field.name == 'timestamp' and item:
+            item = datetime.datetime.fromisoformat(item)
+        elif isinstance(item, list):
+            item = tuple(tuple(i) if isinstance(i, list) else i
+                         for i in item)
+        values[field.name] = item
+    return cls(**values)

@@ -18,6 +18,7 @@ that Ceilometer and the other consumers of those topics keep their copies.
 
 import signal
 import threading
+import time
 
 from oslo_config import cfg
 from oslo_log import log
@@ -26,9 +27,11 @@ from oslo_messaging.notify import listener as listener_mod
 import stevedore
 
 from nova_error_notifier import config as config_mod
+from nova_error_notifier import correlate
+from nova_error_notifier import delivery
 from nova_error_notifier.endpoints import base as endpoint_base
 from nova_error_notifier import logsafe
-from nova_error_notifier import pipeline as pipeline_mod
+from nova_error_notifier import outbox
 
 LOG = log.getLogger(__name__)
 
@@ -136,6 +139,19 @@ def describe_transport(conf, transport):
         return '(transport URL not shown)'
 
 
+def open_store(conf):
+    """The outbox, its schema created; a broken one raises StartupError."""
+    try:
+        store = outbox.Store.from_conf(conf)
+        store.create_schema()
+    except Exception as exc:
+        # The message of a database error does not hold the password.
+        raise StartupError('[delivery] the outbox database is not usable: '
+                           '%s: %s' % (type(exc).__name__,
+                                       str(exc).split('\n')[0]))
+    return store
+
+
 def make_transport(conf):
     """The notification transport; a bad URL raises StartupError.
 
@@ -159,8 +175,13 @@ class Service:
 
     def __init__(self, conf, settings):
         self.conf = conf
-        self.pipeline = pipeline_mod.Pipeline(settings)
-        self.endpoints = load_endpoints(conf, self.pipeline.handle)
+        self.settings = settings
+        self.store = open_store(conf)
+        self.correlator = correlate.Correlator(conf, self.store, settings)
+        self.deliveries = delivery.DeliveryPool(
+            conf, self.store, settings,
+            wakeup=self.correlator.work_available)
+        self.endpoints = load_endpoints(conf, self.correlator.add)
         self.transport = make_transport(conf)
         listener_conf = conf.listener
         topics = [t.strip() for t in listener_conf.topics if t.strip()]
@@ -184,6 +205,24 @@ class Service:
                                 ','.join(listener_conf.endpoints)))
         self._started = threading.Event()
         self._stopping = threading.Event()
+        self._router_stop = threading.Event()
+        self._router = threading.Thread(target=self._route_loop, daemon=True,
+                                        name='router')
+
+    def _route_loop(self):
+        """Route incidents whose group_wait is over, until stopped."""
+        period = min(0.1, max(0.01, self.conf.correlation.group_wait / 10))
+        last_error = 0.0
+        while not self._router_stop.wait(period):
+            try:
+                self.correlator.route_due()
+            except outbox.StoreUnavailable as exc:
+                if time.monotonic() - last_error > 30:
+                    LOG.error('Outbox unavailable, incidents wait: %s', exc)
+                    last_error = time.monotonic()
+            except Exception:
+                LOG.exception('Routing incidents failed')
+                self._router_stop.wait(1.0)
 
     def _start(self):
         try:
@@ -204,6 +243,9 @@ class Service:
 
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
+        LOG.info('Outbox: %s', self.store.describe())
+        self.deliveries.start()
+        self._router.start()
         LOG.info('Connecting to %s', self.description)
         # The broker may be unreachable: oslo.messaging then logs and
         # retries inside start(). Starting in a thread keeps this one free to
@@ -215,12 +257,21 @@ class Service:
             pass
         return self.stop(starter)
 
+    def _stop_workers(self, timeout):
+        """Stop routing and delivering; pending work stays in the outbox."""
+        self._router_stop.set()
+        self._router.join(timeout)
+        if not self.deliveries.stop(timeout):
+            LOG.warning('Deliveries still in progress after %d s; they are '
+                        'resumed at the next start', timeout)
+
     def stop(self, starter):
         timeout = self.conf.listener.stop_timeout
         if not self._started.is_set():
             starter.join(0.1)
         if not self._started.is_set():
             LOG.info('Stopped before the listener was connected')
+            self._stop_workers(timeout)
             return 0 if starter.is_alive() or self._started.is_set() else 1
         done = threading.Event()
 
@@ -239,6 +290,7 @@ class Service:
         if not done.wait(timeout):
             LOG.warning('The listener did not stop within %d s; exiting '
                         'anyway', timeout)
+        self._stop_workers(timeout)
         LOG.info('nova-error-notifier stopped')
         return 0
 
@@ -256,6 +308,10 @@ def preflight(conf, transport=True):
     if transport:
         try:
             make_transport(conf).cleanup()
+        except StartupError as exc:
+            problems.append(str(exc))
+        try:
+            open_store(conf).engine.dispose()
         except StartupError as exc:
             problems.append(str(exc))
     return problems

@@ -32,6 +32,7 @@ from nova_error_notifier.cmd import service as service_cmd
 from nova_error_notifier.endpoints import base as endpoint_base
 from nova_error_notifier import logsafe
 from nova_error_notifier import pipeline as pipeline_mod
+from nova_error_notifier import record as rec
 from nova_error_notifier import service
 from nova_error_notifier import version
 from nova_error_notifier import wire
@@ -138,8 +139,15 @@ def main(argv=None):
     pipeline = pipeline_mod.Pipeline(settings)
     outcomes = []
     drops = []
+    resolutions = []
 
     def sink(record):
+        if isinstance(record, rec.Resolution):
+            _out('  not an error: instance %s was built (an earlier build '
+                 'failure of it would be a reschedule)'
+                 % logsafe.escape(record.instance_uuid))
+            resolutions.append(record)
+            return
         match, planned = pipeline.plan(record)
         _describe_record(record, match)
         outcome = pipeline.deliver(record, match, planned)
@@ -170,11 +178,12 @@ def main(argv=None):
                 logsafe.escape(message.get('priority'), 20)))
             del outcomes[:]
             del drops[:]
+            del resolutions[:]
             dispatcher.dispatch(_Incoming(item.ctxt, message))
             for reason in drops:
                 totals['unreadable'] += 1
                 _out('  dropped: %s' % logsafe.escape(reason, 300))
-            if not outcomes and not drops:
+            if not outcomes and not drops and not resolutions:
                 _out('  not an error: no alert')
             for outcome in outcomes:
                 totals['errors'] += 1

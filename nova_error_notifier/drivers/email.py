@@ -182,6 +182,8 @@ def display_copy(alert, transform=logsafe.escape):
     changes = {}
     for field in dataclasses.fields(alert):
         value = getattr(alert, field.name)
+        if field.name == 'members':
+            continue
         if field.name == 'details' and value:
             changes['details'] = '\n'.join(
                 transform(line) for line in value.split('\n'))
@@ -221,7 +223,7 @@ class Templates:
         return {
             'alert': alert,
             'region': clean_header(region or '', 64),
-            'summary': summary(alert),
+            'summary': alert.summary if alert.is_digest else summary(alert),
             'first_seen': _iso(alert.first_seen),
             'last_seen': _iso(alert.last_seen),
             'next_steps': next_steps(alert),
@@ -230,13 +232,19 @@ class Templates:
 
     def render(self, alert, region):
         """(subject, text body, HTML body) of the alert's mail."""
+        prefix = 'digest_' if alert.is_digest else ''
         # The subject is one header line: control characters become spaces.
-        subject = clean_header(self.text.get_template('subject.txt').render(
-            self._context(display_copy(alert, clean_header), region)))
-        context = self._context(display_copy(alert), region)
+        subject = clean_header(self.text.get_template(
+            prefix + 'subject.txt').render(self._context(
+                display_copy(alert, clean_header), region)))
+        shown = display_copy(alert)
+        context = self._context(shown, region)
         context['subject'] = subject
-        text = self.text.get_template('body.txt').render(context)
-        html = self.html.get_template('body.html').render(context)
+        if alert.is_digest:
+            context['members'] = [display_copy(m) for m in alert.members]
+            context['unlisted'] = alert.digest_count - len(alert.members)
+        text = self.text.get_template(prefix + 'body.txt').render(context)
+        html = self.html.get_template(prefix + 'body.html').render(context)
         return subject, text, html
 
 

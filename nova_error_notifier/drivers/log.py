@@ -48,8 +48,34 @@ def _iso(stamp):
     return stamp.strftime('%Y-%m-%dT%H:%M:%S.%fZ') if stamp else None
 
 
+#: Members of a digest named on its line.
+MAX_DIGEST_IDS = 100
+
+
+def format_digest(alert):
+    """A digest as one line: the summary and the incidents it folds."""
+    members = alert.members[:MAX_DIGEST_IDS]
+    items = [
+        ('rule', alert.rule),
+        ('receiver', alert.receiver),
+        ('id', alert.id),
+        ('digest', alert.digest_count),
+        ('summary', alert.summary),
+        ('events', ','.join(alert.event_types)),
+        ('incidents', ','.join(m.id for m in members)),
+        ('instances', ','.join(m.instance_uuid or '-' for m in members)),
+        ('requests', ','.join(m.request_id or '-' for m in members)),
+        ('unlisted', alert.digest_count - len(members)),
+        ('first_seen', _iso(alert.first_seen)),
+        ('last_seen', _iso(alert.last_seen)),
+    ]
+    return 'nova-error-notifier digest ' + logsafe.pairs(items, MAX_VALUE)
+
+
 def format_alert(alert, with_details=False):
     """The alert as one line of escaped ``key=value`` pairs."""
+    if alert.is_digest:
+        return format_digest(alert)
     items = [
         ('rule', alert.rule),
         ('receiver', alert.receiver),

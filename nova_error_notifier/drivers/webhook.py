@@ -124,13 +124,30 @@ def alert_document(alert):
 
 
 def body_document(alerts, receiver, region):
-    """The version 1 body for ``alerts`` (one or more)."""
-    return {
+    """The version 1 body for ``alerts`` (one or more).
+
+    A digest alert becomes its members, with a ``digest`` object saying how
+    many incidents it stands for.
+    """
+    document = {
         'version': BODY_VERSION,
         'receiver': receiver,
         'region': region,
-        'alerts': [alert_document(a) for a in alerts],
+        'alerts': [],
     }
+    for alert in alerts:
+        if alert.is_digest:
+            document['alerts'].extend(alert_document(m)
+                                      for m in alert.members)
+            document['digest'] = {
+                'id': alert.id,
+                'count': alert.digest_count,
+                'listed': len(alert.members),
+                'summary': alert.summary,
+            }
+        else:
+            document['alerts'].append(alert_document(alert))
+    return document
 
 
 def sign(secret, timestamp, body):
@@ -145,7 +162,8 @@ def idempotency_key(alert, receiver):
     """The same for every retry of one alert to one receiver."""
     material = '\n'.join([receiver, alert.id] + list(alert.message_ids or
                                                      [_iso(alert.first_seen)
-                                                      or '']))
+                                                      or '']) +
+                         [m.id for m in alert.members])
     return hashlib.sha256(material.encode('utf-8')).hexdigest()[:40]
 
 

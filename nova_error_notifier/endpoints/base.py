@@ -19,6 +19,9 @@ handled in its own ``try``: a malformed or unexpected message is logged with
 its message id and dropped, and the listener keeps running.
 """
 
+import threading
+import time
+
 from oslo_log import log
 import oslo_messaging
 from oslo_messaging.notify import dispatcher as oslo_dispatcher
@@ -26,10 +29,18 @@ from oslo_messaging.notify import dispatcher as oslo_dispatcher
 from nova_error_notifier import logsafe
 from nova_error_notifier.parse import common
 from nova_error_notifier.parse import versioned
+from nova_error_notifier import record as rec
 
 LOG = log.getLogger(__name__)
 
 HANDLED = oslo_messaging.NotificationResult.HANDLED
+REQUEUE = oslo_messaging.NotificationResult.REQUEUE
+
+#: Seconds a listener thread waits before handing a message back, so that
+#: a broken store does not spin the CPU on redeliveries.
+REQUEUE_DELAY = 1.0
+#: Seconds between two log lines about requeued messages.
+REQUEUE_LOG_INTERVAL = 30.0
 
 
 class FormatFilter:
@@ -78,6 +89,12 @@ class NovaEndpoint:
         return self.process('CRITICAL', ctxt, publisher_id, event_type,
                             payload, metadata)
 
+    @staticmethod
+    def _requeue(metadata, exc):
+        _requeue_log(metadata, exc)
+        time.sleep(REQUEUE_DELAY)
+        return REQUEUE
+
     def _info(self, ctxt, publisher_id, event_type, payload, metadata):
         if event_type not in self.INFO_EVENTS:
             return HANDLED
@@ -111,6 +128,8 @@ class NovaEndpoint:
             return HANDLED
         try:
             self.sink(record)
+        except rec.RetryLater as exc:
+            return self._requeue(metadata, exc)
         except Exception:
             LOG.exception('Could not process the error in notification '
                           'message_id=%s event_type=%s request_id=%s '
@@ -121,6 +140,24 @@ class NovaEndpoint:
                           logsafe.escape(record.instance_uuid),
                           logsafe.escape(record.exception))
         return HANDLED
+
+
+_requeue_lock = threading.Lock()
+_requeue_state = {'logged_at': 0.0, 'count': 0}
+
+
+def _requeue_log(metadata, exc):
+    """One log line per REQUEUE_LOG_INTERVAL, counting the others."""
+    now = time.monotonic()
+    with _requeue_lock:
+        _requeue_state['count'] += 1
+        if now - _requeue_state['logged_at'] < REQUEUE_LOG_INTERVAL:
+            return
+        count, _requeue_state['count'] = _requeue_state['count'], 0
+        _requeue_state['logged_at'] = now
+    LOG.error('Could not store notification message_id=%s: %s; it goes back '
+              'to the queue (%d message(s) requeued since the last line)',
+              _message_id(metadata), logsafe.escape(exc, 300), count)
 
 
 class GuardedDispatcher(oslo_dispatcher.NotificationDispatcher):

@@ -26,5 +26,6 @@ class LegacyNovaEndpoint(base.NovaEndpoint):
 
     FORMAT = legacy.FORMAT
     VERSIONED = False
-    INFO_EVENTS = frozenset((legacy.UPDATE_EVENT,))
+    INFO_EVENTS = frozenset((legacy.UPDATE_EVENT,) +
+                            tuple(legacy.CREATE_END_EVENTS))
     parse = staticmethod(legacy.parse)

@@ -25,5 +25,6 @@ class VersionedNovaEndpoint(base.NovaEndpoint):
 
     FORMAT = versioned.FORMAT
     VERSIONED = True
-    INFO_EVENTS = frozenset((versioned.UPDATE_EVENT,))
+    INFO_EVENTS = frozenset((versioned.UPDATE_EVENT,) +
+                            tuple(versioned.CREATE_END_EVENTS))
     parse = staticmethod(versioned.parse)

@@ -76,6 +76,29 @@ def _instance_fields(payload):
     return uuid, name, host, tenant
 
 
+#: Legacy event types that mean an instance was built after all.
+CREATE_END_EVENTS = frozenset(('compute.instance.create.end',))
+
+
+def _resolution(event_type, state, old_state, payload, ctxt, metadata):
+    """A Resolution for a build that succeeded, else None."""
+    built = (event_type in CREATE_END_EVENTS or
+             (event_type == UPDATE_EVENT and old_state == 'building' and
+              state == 'active'))
+    if not built:
+        return None
+    uuid = common.first_text(payload.get('instance_id'),
+                             payload.get('instance_uuid'))
+    if not uuid:
+        return None
+    metadata = metadata if isinstance(metadata, dict) else {}
+    return rec.Resolution(
+        event_type=event_type, instance_uuid=uuid,
+        request_id=common.context_fields(ctxt)['request_id'],
+        message_id=common.text(metadata.get('message_id')),
+        timestamp=common.parse_timestamp(metadata.get('timestamp')))
+
+
 def parse(priority, ctxt, publisher_id, event_type, payload, metadata):
     """Return an :class:`ErrorRecord` for an error notification, else None.
 
@@ -92,7 +115,8 @@ def parse(priority, ctxt, publisher_id, event_type, payload, metadata):
                      state == common.ERROR_STATE and
                      old_state != common.ERROR_STATE)
     if not (is_error or entered_error):
-        return None
+        return _resolution(event_type, state, old_state, payload, ctxt,
+                           metadata)
 
     raw_exception = payload.get('exception')
     if raw_exception is None:

@@ -52,6 +52,29 @@ def _exception_payload(data):
     return {}
 
 
+#: Versioned event types that mean an instance was built after all.
+CREATE_END_EVENTS = frozenset(('instance.create.end',))
+
+
+def _resolution(event_type, state, old_state, data, ctxt, metadata):
+    """A Resolution for a build that succeeded, else None."""
+    built = (event_type in CREATE_END_EVENTS or
+             (event_type == UPDATE_EVENT and old_state == 'building' and
+              state == 'active'))
+    if not built:
+        return None
+    uuid = common.text(data.get('uuid'))
+    if not uuid:
+        return None
+    metadata = metadata if isinstance(metadata, dict) else {}
+    return rec.Resolution(
+        event_type=event_type, instance_uuid=uuid,
+        request_id=(common.context_fields(ctxt)['request_id'] or
+                    common.text(data.get('request_id'))),
+        message_id=common.text(metadata.get('message_id')),
+        timestamp=common.parse_timestamp(metadata.get('timestamp')))
+
+
 def parse(priority, ctxt, publisher_id, event_type, payload, metadata):
     """Return an :class:`ErrorRecord` for an error notification, else None.
 
@@ -73,7 +96,8 @@ def parse(priority, ctxt, publisher_id, event_type, payload, metadata):
                      state == common.ERROR_STATE and
                      old_state != common.ERROR_STATE)
     if not (is_error or entered_error):
-        return None
+        return _resolution(event_type, state, old_state, data, ctxt,
+                           metadata)
 
     exc = _exception_payload(data)
     exception, remote = common.class_name(exc.get('exception'))

@@ -16,6 +16,7 @@ from nova_error_notifier import alert as alert_mod
 from nova_error_notifier.drivers import log as log_driver
 from nova_error_notifier.endpoints import base as endpoint_base
 from nova_error_notifier import opts
+from nova_error_notifier import record as rec
 from nova_error_notifier import service
 from nova_error_notifier import wire
 from tests import shared_corpus
@@ -46,7 +47,11 @@ def dispatch():
     opts.register_opts(conf)
     conf([], project='nova_error_notifier', default_config_files=[])
     records = []
-    endpoints = service.load_endpoints(conf, records.append)
+
+    def sink(item):
+        if isinstance(item, rec.ErrorRecord):
+            records.append(item)
+    endpoints = service.load_endpoints(conf, sink)
     dispatcher = endpoint_base.GuardedDispatcher(endpoints, None)
 
     def _dispatch(path):

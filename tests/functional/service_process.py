@@ -9,6 +9,8 @@ import sys
 import time
 
 ALERT_MARK = 'nova-error-notifier alert '
+#: [correlation] group_wait of the test services, in seconds.
+GROUP_WAIT = 1
 
 
 def console_script(name):
@@ -32,6 +34,13 @@ class ServiceProcess:
                                         '.conf')
         self.log_path = os.path.join(self.workdir, 'service.log')
         self.output_path = os.path.join(self.workdir, 'service.out')
+        # Each process gets its own outbox, in its work directory, unless
+        # the test says otherwise.
+        if '[delivery]' not in config_text:
+            config_text += '\n[delivery]\nstate_dir = %s\n' % self.workdir
+        # A short correlation window keeps the tests quick.
+        if '[correlation]' not in config_text:
+            config_text += '\n[correlation]\ngroup_wait = %s\n' % GROUP_WAIT
         with open(self.config_path, 'w', encoding='utf-8') as handle:
             handle.write(config_text)
         self.args = [console_script('nova-error-notifier'),

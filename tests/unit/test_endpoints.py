@@ -11,6 +11,7 @@ from nova_error_notifier.endpoints import base as endpoint_base
 from nova_error_notifier.endpoints import legacy
 from nova_error_notifier.endpoints import versioned
 from nova_error_notifier import opts
+from nova_error_notifier import record as rec
 from nova_error_notifier import service
 from tests.unit import nova_messages as nm
 
@@ -118,9 +119,30 @@ def test_info_noise_is_filtered_cheaply(harness):
     assert harness(message('compute.instance.exists', nm.legacy_usage(),
                            priority='INFO')) == HANDLED
     assert harness(message('instance.update',
-                           nm.versioned_update('building', 'active'),
+                           nm.versioned_update('active', 'active'),
                            priority='INFO')) == HANDLED
     assert harness.records == []
+
+
+@pytest.mark.parametrize('event_type,payload,publisher', [
+    ('instance.update', nm.versioned_update('building', 'active'),
+     'nova-compute:hv-1'),
+    ('instance.create.end', nm.nova_object(
+        'InstanceCreatePayload', nm.versioned_instance(state='active')),
+     'nova-compute:hv-1'),
+    ('compute.instance.create.end', nm.legacy_usage(state='active'),
+     'compute.hv-1'),
+    ('compute.instance.update', nm.legacy_usage(
+        state='active', old_state='building'), 'compute.hv-1'),
+])
+def test_successful_builds_are_resolutions(harness, event_type, payload,
+                                           publisher):
+    assert harness(message(event_type, payload, priority='INFO',
+                           publisher=publisher)) == HANDLED
+    [resolution] = harness.records
+    assert isinstance(resolution, rec.Resolution)
+    assert resolution.instance_uuid == nm.INSTANCE
+    assert resolution.request_id == nm.REQUEST
 
 
 @pytest.mark.parametrize('bad', [

@@ -167,7 +167,13 @@ class TestLegacy:
         ('compute.instance.delete.start', nm.legacy_usage(state='error')),
     ])
     def test_info_noise_is_not_an_error(self, event_type, payload):
-        assert _legacy(event_type, payload, priority='INFO') is None
+        result = _legacy(event_type, payload, priority='INFO')
+        assert not isinstance(result, rec.ErrorRecord)
+        if result is not None:        # a build that succeeded
+            assert isinstance(result, rec.Resolution)
+            assert event_type in ('compute.instance.update',
+                                  'compute.instance.create.end')
+            assert result.instance_uuid == nm.INSTANCE
 
     def test_error_priority_with_unknown_shape_is_still_an_error(self):
         record = _legacy('compute.something_new', {'foo': 1})
@@ -266,9 +272,14 @@ class TestVersioned:
             assert ((rec.CREATE_FAILED in record.synthetic_events) ==
                     (old_state == 'building'))
 
-    def test_update_to_active_is_noise(self):
+    def test_update_to_active_is_a_resolution(self):
+        result = _versioned('instance.update',
+                            nm.versioned_update('building', 'active'),
+                            priority='INFO')
+        assert isinstance(result, rec.Resolution)
+        assert result.instance_uuid == nm.INSTANCE
         assert _versioned('instance.update',
-                          nm.versioned_update('building', 'active'),
+                          nm.versioned_update('active', 'active'),
                           priority='INFO') is None
 
     def test_nova_object_data_not_a_dict_is_malformed(self):

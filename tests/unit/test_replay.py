@@ -129,7 +129,8 @@ def check_demo_output(out):
 
     for name in ('01-legacy-compute.instance.create.start.json',
                  '10-versioned-instance.update-active.json'):
-        assert '  not an error: no alert' in per_message[name]
+        assert any(line.startswith('  not an error:')
+                   for line in per_message[name]), per_message[name]
 
     # The hostile instance name only appears escaped, on its one line.
     hostile = per_message['12-versioned-instance.volume_attach.error.json']
@@ -246,7 +247,8 @@ def test_user_config_and_json_lines(run_replay, tmp_path):
     assert '  rules applied: mute_libvirt' in libvirt
     assert '  receivers: none (muted by rule mute_libvirt)' in libvirt
     assert alert_lines(libvirt) == []
-    assert '  not an error: no alert' in per_message['in.jsonl:7']
+    assert any(line.startswith('  not an error:')
+               for line in per_message['in.jsonl:7'])
     assert TOKEN not in out
     assert lines[-1] == ('3 messages, 2 errors recognised, 1 alerts sent, '
                          '0 deliveries failed, 6 unreadable')
