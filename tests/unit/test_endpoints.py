@@ -233,3 +233,20 @@ def test_wire_body_round_trip(harness):
     parsed = wire.to_message(body, 'test')
     harness(parsed.message, ctxt=parsed.ctxt)
     assert harness.records[0].request_id == nm.REQUEST
+
+
+def test_store_down_requeues_the_message(monkeypatch, logs):
+    monkeypatch.setattr(endpoint_base, 'REQUEUE_DELAY', 0)
+    conf = make_conf()
+
+    def sink(record):
+        raise rec.RetryLater('database is locked')
+
+    dispatcher = endpoint_base.GuardedDispatcher(
+        service.load_endpoints(conf, sink), None)
+    result = dispatcher.dispatch(Incoming(nm.context(), message(
+        'compute.instance.create.error', nm.legacy_usage(
+            exception="X('y')"), message_id='m-requeue')))
+    assert result == oslo_messaging.NotificationResult.REQUEUE
+    assert any('m-requeue' in m and 'back to the queue' in m
+               for _, m in logs)
