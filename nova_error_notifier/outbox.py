@@ -295,6 +295,33 @@ class Store:
             raise StoreUnavailable('%s: %s' % (type(exc).__name__,
                                                str(exc).split('\n')[0]))
 
+    def purge(self, retention):
+        """Forget finished work older than ``retention`` seconds.
+
+        Dead letters and what they point to stay until purged by an
+        operator.
+        """
+        cutoff = self.clock() - retention
+
+        def work(conn):
+            counts = {}
+            counts['messages'] = conn.execute(messages.delete().where(
+                messages.c.received_at < cutoff)).rowcount
+            counts['deliveries'] = conn.execute(deliveries.delete().where(
+                deliveries.c.state == 'done',
+                deliveries.c.finished_at < cutoff)).rowcount
+            live = sa.select(deliveries.c.incident_id).where(
+                deliveries.c.state != 'done')
+            counts['incidents'] = conn.execute(incidents.delete().where(
+                incidents.c.state != 'open',
+                incidents.c.updated_at < cutoff,
+                incidents.c.id.not_in(live))).rowcount
+            counts['digests'] = conn.execute(digests.delete().where(
+                digests.c.state == 'closed',
+                digests.c.due_at < cutoff)).rowcount
+            return counts
+        return self.write(work)
+
     # -- operator views ------------------------------------------------------
 
     def pending(self):

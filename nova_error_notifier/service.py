@@ -209,13 +209,34 @@ class Service:
         self._router = threading.Thread(target=self._route_loop, daemon=True,
                                         name='router')
 
+    #: Seconds between two hand-backs of expired delivery claims.
+    RECLAIM_PERIOD = 30.0
+    #: Seconds between two purges of finished work.
+    PURGE_PERIOD = 3600.0
+
+    def _housekeeping(self, state):
+        """Expired claims back to pending; old finished work forgotten."""
+        now = time.monotonic()
+        if now - state.get('reclaim', 0.0) >= self.RECLAIM_PERIOD:
+            state['reclaim'] = now
+            self.deliveries.reclaim()
+        if now - state.get('purge', now - self.PURGE_PERIOD + 60) >= \
+                self.PURGE_PERIOD:
+            state['purge'] = now
+            counts = self.store.purge(self.conf.delivery.retention)
+            if any(counts.values()):
+                LOG.info('Outbox purged: %s', ', '.join(
+                    '%d %s' % (v, k) for k, v in sorted(counts.items())))
+
     def _route_loop(self):
         """Route incidents whose group_wait is over, until stopped."""
         period = min(0.1, max(0.01, self.conf.correlation.group_wait / 10))
         last_error = 0.0
+        house = {'reclaim': time.monotonic()}
         while not self._router_stop.wait(period):
             try:
                 self.correlator.route_due()
+                self._housekeeping(house)
             except outbox.StoreUnavailable as exc:
                 if time.monotonic() - last_error > 30:
                     LOG.error('Outbox unavailable, incidents wait: %s', exc)

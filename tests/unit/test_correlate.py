@@ -335,3 +335,22 @@ def test_audit_line_per_attempt(world, caplog):
     [line] = [r.getMessage() for r in caplog.records
               if r.name == 'nova_error_notifier.audit']
     assert 'receiver=a' in line and 'outcome=sent' in line
+
+
+def test_purge_keeps_open_and_dead_work(world):
+    conf, store, corr, pool, clock = world(receivers=('a',))
+    Recorder.failures['a'] = [None, base.DriverError('no', retryable=False)]
+    corr.add(record(message_id='p1', request_id='req-p1'))
+    corr.add(record(message_id='p2', request_id='req-p2'))
+    clock.now += 10
+    corr.route_due()
+    drain(pool)
+    clock.now += 100
+    corr.add(record(message_id='p3', request_id='req-p3'))   # still open
+    counts = store.purge(50)
+    assert counts['messages'] == 2
+    assert counts['deliveries'] == 1            # the done one
+    assert counts['incidents'] == 1             # its incident
+    states = sorted(r['state'] for r in rows(store, 'incidents'))
+    assert states == ['open', 'routed']         # the dead one stays
+    assert len(rows(store, 'dead_letters')) == 1
