@@ -92,7 +92,8 @@ def load(conf):
         receivers = receivers_mod.load(conf, names, implicit=implicit)
     except receivers_mod.ReceiverError as exc:
         problems.extend(exc.problems)
-    section_problems, section_warnings = check_sections(conf, names)
+    section_problems, section_warnings = check_sections(conf, names,
+                                                        set(receivers))
     problems.extend(section_problems)
     warnings = list(warnings) + section_warnings
     if problems:
@@ -129,7 +130,7 @@ def _file_sections(conf):
 _LIBRARY_PREFIXES = ('oslo_', 'keystone', 'ssl', 'profiler', 'matchmaker')
 
 
-def check_sections(conf, receiver_names):
+def check_sections(conf, receiver_names, loaded=None):
     """Misspelled options are problems; unknown sections are warnings.
 
     Only the service's own groups are checked for unknown options: a typo
@@ -150,6 +151,8 @@ def check_sections(conf, receiver_names):
             if name not in receiver_names:
                 warnings.append('[%s] is not used by any rule' % section)
                 continue
+            if loaded is not None and name not in loaded:
+                continue      # its driver failed: its options are unknown
         if section.startswith(rules_mod.RULE_GROUP_PREFIX):
             if section[len(rules_mod.RULE_GROUP_PREFIX):] not in \
                     listed_rules:

@@ -130,8 +130,8 @@ def load(conf, names, implicit=False):
         group = GROUP_PREFIX + name
         default = implicit and name == DEFAULT_RECEIVER
         if group not in sections and not default:
-            problems.append('receiver %r is used by a rule but has no [%s] '
-                            'section' % (name, group))
+            problems.append('receiver %r has no [%s] section'
+                            % (name, group))
             continue
         conf.register_opts(RECEIVER_OPTS, group=group)
         own = []

@@ -173,9 +173,17 @@ def make_transport(conf):
 class Service:
     """The listener, its endpoints and the pipeline behind them."""
 
-    def __init__(self, conf, settings):
+    def __init__(self, conf, settings, reloader=None):
+        """Build the service.
+
+        :param reloader: returns checked Settings from the configuration
+            files as they are now (on a new ConfigOpts), or raises
+            config.ConfigError; called on SIGHUP.
+        """
         self.conf = conf
         self.settings = settings
+        self.reloader = reloader
+        self._reload_requested = threading.Event()
         self.store = open_store(conf)
         self.correlator = correlate.Correlator(conf, self.store, settings)
         self.deliveries = delivery.DeliveryPool(
@@ -262,8 +270,12 @@ class Service:
             LOG.info('Received %s, stopping', signal.Signals(signum).name)
             self._stopping.set()
 
+        def _on_hup(signum, frame):
+            self._reload_requested.set()
+
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGHUP, _on_hup)
         LOG.info('Outbox: %s', self.store.describe())
         self.deliveries.start()
         self._router.start()
@@ -274,9 +286,42 @@ class Service:
         starter = threading.Thread(target=self._start, daemon=True,
                                    name='listener-start')
         starter.start()
-        while not self._stopping.wait(0.5):
-            pass
+        while not self._stopping.wait(0.2):
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self.reload()
         return self.stop(starter)
+
+    def reload(self):
+        """Re-read rules and receivers; keep the old ones if broken.
+
+        The new configuration is read into a new ConfigOpts and checked as
+        at start-up; only when it is sound do the router and the delivery
+        workers switch to it, in one assignment each, so that no incident
+        or delivery is lost or doubled. Listener options ([listener],
+        transport_url) need a restart.
+        """
+        LOG.info('SIGHUP: reloading the rules and receivers')
+        if self.reloader is None:
+            LOG.warning('Reload is not available: restart the service')
+            return False
+        try:
+            settings = self.reloader()
+        except config_mod.ConfigError as exc:
+            problems = exc.problems
+        else:
+            problems = []
+        if problems:
+            for problem in problems:
+                LOG.error('Reload refused: %s', logsafe.escape(problem))
+            LOG.error('Reload refused: the configuration in force is kept')
+            return False
+        self.settings = settings
+        self.correlator.settings = settings
+        self.deliveries.settings = settings
+        LOG.info('Reloaded: %d rule(s), receivers %s', len(settings.ruleset),
+                 ', '.join(sorted(settings.receivers)))
+        return True
 
     def _stop_workers(self, timeout):
         """Stop routing and delivering; pending work stays in the outbox."""
@@ -338,12 +383,8 @@ def preflight(conf, transport=True):
     return problems
 
 
-def load_checked(conf, transport=True):
-    """Settings, once every check passed; else None.
-
-    Every problem is logged, one ``Configuration error:`` line each, and
-    warnings as ``Configuration:`` lines.
-    """
+def check(conf, transport=True):
+    """Every check at once: (settings or None, problems, warnings)."""
     try:
         settings = config_mod.load(conf)
         problems, warnings = [], settings.warnings
@@ -351,10 +392,20 @@ def load_checked(conf, transport=True):
         settings = None
         problems, warnings = list(exc.problems), exc.warnings
     problems.extend(preflight(conf, transport=transport))
+    return (None if problems else settings), problems, warnings
+
+
+def load_checked(conf, transport=True):
+    """Settings, once every check passed; else None.
+
+    Every problem is logged, one ``Configuration error:`` line each, and
+    warnings as ``Configuration:`` lines.
+    """
+    settings, problems, warnings = check(conf, transport=transport)
     # Logged outside the except block: oslo.log appends the exception being
     # handled to ERROR lines, which would repeat every problem on each line.
     for problem in problems:
         LOG.error('Configuration error: %s', logsafe.escape(problem))
     for warning in warnings:
         LOG.warning('Configuration: %s', logsafe.escape(warning))
-    return None if problems else settings
+    return settings

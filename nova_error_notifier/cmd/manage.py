@@ -9,10 +9,13 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
-"""``nova-error-notifier-manage``: operator commands on the outbox.
+"""``nova-error-notifier-manage``: operator commands.
 
 ::
 
+    nova-error-notifier-manage --config-file F check-config
+    nova-error-notifier-manage --config-file F test-route FILE ...
+    nova-error-notifier-manage --config-file F send-test --receiver NAME
     nova-error-notifier-manage --config-file F pending
     nova-error-notifier-manage --config-file F dead-letters list
     nova-error-notifier-manage --config-file F dead-letters retry [ID ...]
@@ -20,16 +23,29 @@
     nova-error-notifier-manage --config-file F stats
 """
 
+import dataclasses
 import datetime
 import sys
+import uuid
 
 from oslo_config import cfg
 from oslo_log import log
 
+from nova_error_notifier import alert as alert_mod
 from nova_error_notifier.cmd import service as service_cmd
+from nova_error_notifier.drivers import base as driver_base
+from nova_error_notifier.endpoints import base as endpoint_base
 from nova_error_notifier import logsafe
 from nova_error_notifier import outbox
+from nova_error_notifier import receivers as receivers_mod
+from nova_error_notifier import record as rec
+from nova_error_notifier import rules as rules_mod
+from nova_error_notifier import service
 from nova_error_notifier import version
+from nova_error_notifier import wire
+
+_LEVELS = {rules_mod.EXACT: 'an exact name', rules_mod.GLOB: 'a glob',
+           rules_mod.ANY: '"*"'}
 
 
 def _when(stamp):
@@ -94,7 +110,152 @@ def do_stats(conf):
     return 0
 
 
+def do_check_config(conf):
+    """Load everything the service would; report every problem."""
+    settings, problems, warnings = service.check(conf, transport=True)
+    for problem in problems:
+        _out('ERROR: %s' % logsafe.escape(problem))
+    for warning in warnings:
+        _out('WARNING: %s' % logsafe.escape(warning))
+    if problems:
+        _out('%d problem(s): the service would not start' % len(problems))
+        return 1
+    _out('OK: %d rule(s) (%s); receivers: %s' % (
+        len(settings.ruleset),
+        ', '.join(r.name for r in settings.ruleset.rules),
+        ', '.join('%s (%s)' % (name, r.driver_name) for name, r in
+                  sorted(settings.receivers.items()))))
+    return 0
+
+
+def _explain(record, ruleset, receivers):
+    what = record.exception or 'no exception'
+    _out('  error: %s, events: %s' % (logsafe.escape(what),
+                                      ', '.join(record.events)))
+    for rule in ruleset.rules:
+        level = rule.specificity(record.events)
+        if level is None:
+            _out('  rule %s: no event matches %s' % (
+                rule.name, ', '.join(rule.events)))
+        elif not rule.accepts_exception(record.exception):
+            _out('  rule %s: matches by %s, but the exception %s is %s' % (
+                rule.name, _LEVELS[level], logsafe.escape(what),
+                'excluded' if rule.exclude_exceptions and record.exception
+                and not rule.include_exceptions else 'not included'))
+        else:
+            _out('  rule %s: matches by %s%s' % (
+                rule.name, _LEVELS[level],
+                ' (continue = true)' if rule.cont else ''))
+    match = ruleset.match(record)
+    if not match.matched:
+        _out('  => no rule: no alert')
+        return
+    then = [r.name for r in match.applied[1:]]
+    suffix = ', then ' + ', '.join(then) if then else ''
+    _out('  => wins: %s%s' % (match.applied[0].name, suffix))
+    if not match.routes:
+        _out('  => receivers: none (muted)')
+    for route in match.routes:
+        receiver = receivers.get(route.receiver)
+        _out('  => receiver %s (driver %s) via rule %s' % (
+            route.receiver, receiver.driver_name if receiver else '?',
+            route.rule))
+
+
+def do_test_route(conf):
+    """Which rules and receivers each notification reaches, and why."""
+    settings, problems, _ = service.check(conf, transport=False)
+    if problems:
+        for problem in problems:
+            _out('ERROR: %s' % logsafe.escape(problem))
+        return 1
+    found = []
+
+    def sink(item):
+        found.append(item)
+    endpoints = service.load_endpoints(conf, sink)
+    drops = []
+    sink.on_drop = drops.append
+    dispatcher = endpoint_base.GuardedDispatcher(endpoints, None,
+                                                 on_drop=drops.append)
+    status = 0
+    for path in conf.command.files:
+        for item in wire.read_file(path):
+            if isinstance(item, wire.WireError):
+                _out('%s' % logsafe.escape(item))
+                status = 1
+                continue
+            del found[:]
+            del drops[:]
+            _out('%s: %s [%s]' % (
+                logsafe.escape(item.source),
+                logsafe.escape(item.message.get('event_type'), 120),
+                logsafe.escape(item.message.get('priority'), 20)))
+            dispatcher.dispatch(_Incoming(item.ctxt, item.message))
+            for reason in drops:
+                _out('  dropped: %s' % logsafe.escape(reason))
+                status = 1
+            records = [r for r in found if isinstance(r, rec.ErrorRecord)]
+            if not records and not drops:
+                _out('  not an error: no alert')
+            for record in records:
+                _explain(record, settings.ruleset, settings.receivers)
+    _out('(the service also gathers the messages of one failure into one '
+         'alert per receiver)')
+    return status
+
+
+def do_send_test(conf):
+    """Send a clearly marked test alert through one receiver."""
+    name = conf.command.receiver
+    try:
+        receiver = receivers_mod.load(conf, [name])[name]
+    except receivers_mod.ReceiverError as exc:
+        for problem in exc.problems:
+            _out('ERROR: %s' % logsafe.escape(problem))
+        return 1
+    alert = dataclasses.replace(
+        alert_mod.sample(name), id=str(uuid.uuid4()), test=True,
+        rule='send-test', instance_name='nova-error-notifier-test',
+        request_id='req-%s' % uuid.uuid4(), exception='TestAlert',
+        synthetic_events=(), event_types=('nova-error-notifier.test',),
+        message='This is a test alert sent by nova-error-notifier-manage '
+                'send-test. Nothing failed.')
+    alert = alert_mod.for_receiver(alert, name, receiver.include_details)
+    try:
+        receiver.driver.notify(alert)
+    except driver_base.DriverError as exc:
+        _out('FAILED: receiver %s (driver %s), retryable=%s: %s' % (
+            name, receiver.driver_name, exc.retryable,
+            logsafe.escape(exc)))
+        return 1
+    _out('Sent test alert %s through receiver %s (driver %s)' % (
+        alert.id, name, receiver.driver_name))
+    return 0
+
+
+class _Incoming:
+    def __init__(self, ctxt, message):
+        self.ctxt = ctxt
+        self.message = message
+
+
 def _add_parsers(subparsers):
+    check = subparsers.add_parser(
+        'check-config', help='Load the configuration, every rule, receiver, '
+                             'driver and template, and report every '
+                             'problem.')
+    check.set_defaults(func=do_check_config)
+    route = subparsers.add_parser(
+        'test-route', help='Show which rules and receivers notification '
+                           'files reach, and why.')
+    route.add_argument('files', nargs='+', help='Notification files.')
+    route.set_defaults(func=do_test_route)
+    send = subparsers.add_parser(
+        'send-test', help='Send a test alert through one receiver.')
+    send.add_argument('--receiver', required=True,
+                      help='Name of the receiver ([receiver:NAME]).')
+    send.set_defaults(func=do_send_test)
     pending = subparsers.add_parser(
         'pending', help='List deliveries not done yet.')
     pending.set_defaults(func=do_pending)

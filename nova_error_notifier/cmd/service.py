@@ -17,6 +17,7 @@ import sys
 from oslo_config import cfg
 from oslo_log import log
 
+from nova_error_notifier import config
 from nova_error_notifier import logsafe
 from nova_error_notifier import opts
 from nova_error_notifier import service
@@ -35,10 +36,26 @@ def build_conf():
     return conf
 
 
+def reloader(args):
+    """A function returning checked Settings from the files as they are."""
+    def _reload():
+        conf = build_conf()
+        try:
+            conf(args, project=PROJECT, version=version.version_string())
+        except cfg.Error as exc:
+            raise config.ConfigError([str(exc)])
+        settings, problems, _ = service.check(conf, transport=False)
+        if problems:
+            raise config.ConfigError(problems)
+        return settings
+    return _reload
+
+
 def main(argv=None):
     conf = build_conf()
+    args = sys.argv[1:] if argv is None else argv
     try:
-        conf(sys.argv[1:] if argv is None else argv, project=PROJECT,
+        conf(args, project=PROJECT,
              version=version.version_string(),
              description='Listens to Nova\'s notifications and sends one '
                          'alert per failure to the configured receivers.')
@@ -57,7 +74,7 @@ def main(argv=None):
                   'errors above')
         return 2
     try:
-        svc = service.Service(conf, settings)
+        svc = service.Service(conf, settings, reloader=reloader(args))
         error = None
     except service.StartupError as exc:
         svc, error = None, exc
