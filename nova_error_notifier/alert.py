@@ -66,6 +66,13 @@ class Alert:
     last_seen: typing.Optional[datetime.datetime] = None
     #: True for the test alerts sent by operators' commands.
     test: bool = False
+    #: None without enrichment; else whether Nova's API could be asked.
+    enriched: typing.Optional[bool] = None
+    #: ``server``, ``fault`` and ``action`` from Nova's API (see
+    #: :mod:`nova_error_notifier.enrich`).
+    enrichment: typing.Optional[dict] = None
+    #: Why the enrichment is missing or partial.
+    enrichment_note: typing.Optional[str] = None
     #: For a digest: the alerts it folds together (possibly capped).
     members: typing.Tuple['Alert', ...] = ()
     #: For a digest: how many incidents it stands for (members may be
@@ -198,7 +205,18 @@ def sample(receiver='check'):
         message='No valid host was found.', code=500,
         details='Traceback (most recent call last):\n  ...',
         publishers=('nova-conductor:controller',), message_ids=('m',),
-        first_seen=now, last_seen=now)
+        first_seen=now, last_seen=now, enriched=True,
+        enrichment={
+            'server': {'status': 'ERROR', 'name': 'check', 'flavor': 'f',
+                       'host': 'compute-0', 'updated': 'now'},
+            'fault': {'code': 500, 'message': 'No valid host <&>',
+                      'details': 'Traceback ...', 'created': 'now'},
+            'action': {'action': 'create', 'request_id': 'req-check',
+                       'start_time': 'now', 'message': None,
+                       'events': [{'event': 'conductor_schedule',
+                                   'result': 'Error', 'start_time': 'now',
+                                   'finish_time': 'now', 'host': 'c',
+                                   'details': 'd', 'traceback': 't'}]}})
 
 
 def to_dict(alert):
@@ -234,11 +252,24 @@ def from_dict(data):
 
 
 def for_receiver(alert, receiver, include_details):
-    """The same alert, addressed to another receiver (a fallback)."""
+    """The same alert, addressed to ``receiver``.
+
+    Without ``include_details``, tracebacks and details are left out: the
+    alert's own, the fault's and the action events'.
+    """
     members = tuple(for_receiver(m, receiver, include_details)
                     for m in alert.members)
+    enrichment = alert.enrichment
+    if enrichment and not include_details:
+        enrichment = dict(enrichment)
+        if enrichment.get('fault'):
+            enrichment['fault'] = dict(enrichment['fault'], details=None)
+        if enrichment.get('action'):
+            enrichment['action'] = dict(enrichment['action'], events=[
+                dict(e, traceback=None, details=None)
+                for e in enrichment['action'].get('events') or []])
     return dataclasses.replace(
-        alert, receiver=receiver, members=members,
+        alert, receiver=receiver, members=members, enrichment=enrichment,
         details=alert.details if include_details else None)
 
 

@@ -29,7 +29,8 @@ class ConfigError(ValueError):
 
 
 #: The service's own static option groups (besides rule:* / receiver:*).
-OWN_GROUPS = ('listener', 'email', 'staff', 'correlation', 'delivery')
+OWN_GROUPS = ('listener', 'email', 'staff', 'correlation', 'delivery',
+              'enrichment')
 
 
 class Settings:

@@ -46,9 +46,11 @@ AUDIT = log.getLogger('nova_error_notifier.audit')
 class DeliveryPool:
     """Worker threads delivering the outbox's pending rows."""
 
-    def __init__(self, conf, store, settings, wakeup=None, clock=time.time):
+    def __init__(self, conf, store, settings, wakeup=None, clock=time.time,
+                 enricher=None):
         outbox.register_opts(conf)
         self.conf = conf
+        self.enricher = enricher
         self.store = store
         self.settings = settings
         self.clock = clock
@@ -143,9 +145,11 @@ class DeliveryPool:
         if receiver is None:
             return self._dead(row, attempt, 'receiver %r is not configured '
                               'any more' % row.receiver)
-        alert = alert_mod.for_receiver(
-            alert_mod.from_dict(outbox.loads(row.alert)), receiver.name,
-            receiver.include_details)
+        alert = alert_mod.from_dict(outbox.loads(row.alert))
+        if self.enricher is not None:
+            alert = self.enricher.enrich(alert)
+        alert = alert_mod.for_receiver(alert, receiver.name,
+                                       receiver.include_details)
         try:
             receiver.driver.notify(alert)
         except base.DriverError as exc:

@@ -16,6 +16,7 @@ import itertools
 from nova_error_notifier import correlate
 from nova_error_notifier.drivers import base as driver_base
 from nova_error_notifier.drivers import email as email_driver
+from nova_error_notifier import enrich
 from nova_error_notifier import outbox
 from nova_error_notifier import receivers
 from nova_error_notifier import rules
@@ -32,6 +33,7 @@ def register_opts(conf):
     staff.register_opts(conf)
     correlate.register_opts(conf)
     outbox.register_opts(conf)
+    enrich.register_opts(conf)
 
 
 def list_opts():
@@ -45,4 +47,5 @@ def list_opts():
         ('listener', service.LISTENER_OPTS),
     ] + list(itertools.chain(rules.list_opts()[1:], receivers.list_opts(),
                              email_driver.list_opts(), staff.list_opts(),
-                             correlate.list_opts(), outbox.list_opts()))
+                             correlate.list_opts(), outbox.list_opts(),
+                             enrich.list_opts()))

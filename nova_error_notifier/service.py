@@ -30,6 +30,7 @@ from nova_error_notifier import config as config_mod
 from nova_error_notifier import correlate
 from nova_error_notifier import delivery
 from nova_error_notifier.endpoints import base as endpoint_base
+from nova_error_notifier import enrich
 from nova_error_notifier import logsafe
 from nova_error_notifier import outbox
 
@@ -186,9 +187,12 @@ class Service:
         self._reload_requested = threading.Event()
         self.store = open_store(conf)
         self.correlator = correlate.Correlator(conf, self.store, settings)
+        enrich.register_opts(conf)
         self.deliveries = delivery.DeliveryPool(
             conf, self.store, settings,
-            wakeup=self.correlator.work_available)
+            wakeup=self.correlator.work_available,
+            enricher=(enrich.Enricher(conf) if conf.enrichment.enabled
+                      else None))
         self.endpoints = load_endpoints(conf, self.correlator.add)
         self.transport = make_transport(conf)
         listener_conf = conf.listener
@@ -367,6 +371,10 @@ def preflight(conf, transport=True):
     Checked before start-up so that every problem is reported at once.
     """
     problems = []
+    enrich.register_opts(conf)
+    if conf.enrichment.enabled:
+        problems.extend('[enrichment] enabled: %s' % p
+                        for p in enrich.Enricher(conf).check())
     try:
         load_endpoints(conf, lambda record: None)
     except StartupError as exc:

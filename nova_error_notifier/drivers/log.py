@@ -97,6 +97,16 @@ def format_alert(alert, with_details=False):
     ])
     if alert.reason:
         items.append(('reason', alert.reason))
+    if alert.enriched is not None:
+        fault = (alert.enrichment or {}).get('fault') or {}
+        action = (alert.enrichment or {}).get('action') or {}
+        failed = [e.get('event') for e in action.get('events') or []
+                  if e.get('result') == 'Error']
+        items.append(('enriched', 'yes' if alert.enriched else 'no'))
+        if fault.get('message'):
+            items.append(('fault', fault['message']))
+        if failed:
+            items.append(('failed_events', ','.join(str(e) for e in failed)))
     items.extend([
         ('count', alert.count),
         ('first_seen', _iso(alert.first_seen)),

@@ -120,6 +120,11 @@ def alert_document(alert):
         'first_seen': _iso(alert.first_seen),
         'last_seen': _iso(alert.last_seen),
         'test': alert.test,
+        'enriched': alert.enriched,
+        'enrichment_note': alert.enrichment_note,
+        'server': (alert.enrichment or {}).get('server'),
+        'fault': (alert.enrichment or {}).get('fault'),
+        'action': (alert.enrichment or {}).get('action'),
     }
 
 
