@@ -197,6 +197,7 @@ function die {
     exit 1
 }
 
+function async_wait { _record async_wait "$@"; }
 function run_process { _record run_process "$@"; }
 function stop_process { _record stop_process "$@"; }
 function setup_develop { _record setup_develop "$@"; }
@@ -205,6 +206,13 @@ function recreate_database { _record recreate_database "$@"; }
 function setup_logging { _record setup_logging "$@"; }
 function echo_summary { _record echo_summary "$@"; }
 function warn { _record warn "$@"; }
+'''
+
+FAKE_GENERATOR_SH = r'''#!/bin/bash
+while [[ $# -gt 0 && "$1" != "--output-file" ]]; do
+    shift
+done
+cp '%s' "$2"
 '''
 
 # What stack.sh, unstack.sh and clean.sh do, in short: override-defaults,
@@ -256,9 +264,18 @@ class Stack:
         self.conf = os.path.join(self.conf_dir, 'nova_error_notifier.conf')
         self.state_dir = os.path.join(self.root, 'var', 'lib',
                                       'nova-error-notifier')
-        self.bin_dir = overrides.pop('bin_dir', BIN_DIR)
         self.user = getpass.getuser()
         os.makedirs(self.standins)
+        # The real oslo-config-generator takes a second or two: a stand-in
+        # copying the committed sample does for most tests.
+        self.bin_dir = overrides.pop('bin_dir', None)
+        if self.bin_dir is None:
+            self.bin_dir = os.path.join(self.root, 'bin')
+            os.makedirs(self.bin_dir)
+            fake = os.path.join(self.bin_dir, 'oslo-config-generator')
+            with open(fake, 'w') as f:
+                f.write(FAKE_GENERATOR_SH % SAMPLE)
+            os.chmod(fake, 0o755)
         os.makedirs(self.nova_dir)
         with open(os.path.join(self.standins, 'inifile.py'), 'w') as f:
             f.write(INIFILE_PY)
@@ -268,8 +285,7 @@ class Stack:
             f.write(DRIVER_SH)
         with open(self.nova_conf, 'w') as f:
             f.write(NOVA_CONF)
-        # lib/nova copies nova.conf to nova-cpu.conf and sets the cell's
-        # transport_url (here: before post-config, from an earlier run)
+        # lib/nova's nova-cpu.conf: nova.conf with the cell's transport_url
         with open(self.cpu_conf, 'w') as f:
             f.write(NOVA_CONF.replace(RABBIT_URL + '\n', CELL1_URL + '\n',
                                       1))
@@ -373,7 +389,7 @@ def named(calls, name):
 
 @pytest.fixture(scope='module')
 def stack(tmp_path_factory):
-    node = Stack(tmp_path_factory.mktemp('devstack'))
+    node = Stack(tmp_path_factory.mktemp('devstack'), bin_dir=BIN_DIR)
     node.run_all()
     return node
 
@@ -419,6 +435,18 @@ def test_nova_emits_notifications(stack):
     cell = stack.nova[stack.cell_conf]
     assert cell['DEFAULT']['transport_url'] == CELL1_URL
     assert cell['database']['connection'].endswith('/nova_cell1')
+
+
+def test_nova_confs_edited_after_neutron_nova_config(stack):
+    # stack.sh configures Neutron in nova.conf in the background during
+    # post-config: the plugin waits for it before editing the same files.
+    calls = stack.calls['stack post-config']
+    waits = [i for i, call in enumerate(calls) if call[0] == 'async_wait']
+    edits = [i for i, call in enumerate(calls) if call[0] == 'iniset' and
+             call[1].startswith(stack.nova_dir + os.sep)]
+    assert [calls[i] for i in waits] == [
+        ['async_wait', 'configure_neutron_nova']]
+    assert edits and waits[0] < edits[0]
 
 
 def test_cell_conductor_notifies_on_the_top_bus(stack):
@@ -488,7 +516,7 @@ def test_service_conf_passes_the_service_checks(stack):
 def test_started_at_extra(stack):
     expected = ['nova-error-notifier',
                 '%s/nova-error-notifier --config-file %s'
-                % (BIN_DIR, stack.conf)]
+                % (stack.bin_dir, stack.conf)]
     for phase, calls in stack.calls.items():
         started = named(calls, 'run_process')
         assert started == ([expected] if phase == 'stack extra' else []), \
@@ -548,7 +576,7 @@ def test_notification_format_override(tmp_path):
             'versioned'
 
 
-def test_restack_starts_afresh(mail_stack, tmp_path):
+def test_restack_starts_afresh(tmp_path):
     # An e-mail receiver switched off since the last stack.sh goes away
     node = Stack(tmp_path, NOVA_ERROR_NOTIFIER_SMTP_HOST='smtp.example.org')
     node.run('stack', 'post-config')
@@ -603,8 +631,8 @@ def test_compute_only_node(tmp_path):
 
 
 def test_nova_files_not_yet_written_are_left_alone(tmp_path):
-    # nova-cpu.conf is copied from nova.conf when nova-compute starts,
-    # after post-config: the plugin does not create it.
+    # No nova-compute or cell conductor here (or their files come later,
+    # from nova.conf): the plugin does not create their files.
     node = Stack(tmp_path)
     os.unlink(node.cpu_conf)
     os.unlink(node.cell_conf)
@@ -631,4 +659,3 @@ def test_plugin_files_are_shell():
         proc = subprocess.run(['bash', '-n', os.path.join(PLUGIN_DIR, name)],
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
-
