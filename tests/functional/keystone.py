@@ -201,7 +201,8 @@ class KeystoneServer:
         self.start_timeout = start_timeout
         self.keep_tmpdir = keep_tmpdir
         self.base_dir = base_dir
-        self.admin_password = admin_password or secrets.token_urlsafe(16)
+        self.admin_password = admin_password or (
+            'Pw' + secrets.token_urlsafe(16))
         self.extra_config = extra_config
         self.tmpdir = None
         self.port = None
@@ -388,7 +389,9 @@ class KeystoneServer:
         self._run_manage([
             ('bootstrap', [
                 'bootstrap',
-                '--bootstrap-password', self.admin_password,
+                # '=' form: a random password may start with '-', which
+                # argparse would take for an option.
+                '--bootstrap-password=%s' % self.admin_password,
                 '--bootstrap-username', ADMIN_USER,
                 '--bootstrap-project-name', ADMIN_PROJECT,
                 '--bootstrap-role-name', ADMIN_ROLE,
