@@ -135,3 +135,36 @@ def test_one_refused_recipient_does_not_stop_the_others(tmp_path,
     assert received.rcpt_tos == ['ops@example.com']
     assert any('gone@example.com' in r.getMessage() and '550' in
                r.getMessage() for r in caplog.records)
+
+
+def test_manage_send_test_reaches_a_real_smtp_server(tmp_path, smtp_server):
+    import subprocess
+    from tests.functional import service_process
+    server = smtp_server()
+    path = tmp_path / 'send.conf'
+    path.write_text('\n'.join([
+        '[DEFAULT]', 'rules = r', '[rule:r]', 'events = *',
+        'receivers = mail', '[receiver:mail]', 'driver = email',
+        'to = ops@example.com', '[email]', 'smtp_host = 127.0.0.1',
+        'smtp_port = %d' % server.port,
+        'from_address = nova-alerts@example.org',
+        '[delivery]', 'state_dir = %s' % tmp_path, '']))
+    result = subprocess.run(
+        [service_process.console_script('nova-error-notifier-manage'),
+         '--config-file', str(path), 'send-test', '--receiver', 'mail'],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'Sent test alert' in result.stdout
+    [received] = server.wait_for_messages(1)
+    assert received.rcpt_tos == ['ops@example.com']
+    assert '[TEST]' in received.message['Subject']
+    text = received.message.get_body(preferencelist=('plain',)).get_content()
+    assert 'This is a test alert sent by an operator' in text
+    server.stop()
+    failed = subprocess.run(
+        [service_process.console_script('nova-error-notifier-manage'),
+         '--config-file', str(path), 'send-test', '--receiver', 'mail'],
+        capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1
+    assert 'FAILED: receiver mail (driver email), retryable=True' in \
+        failed.stdout
