@@ -77,6 +77,9 @@ ENRICHMENT_OPTS = [
                default='2.84',
                help='Compute API microversion to ask for (2.62 adds event '
                     'hosts, 2.84 event details).'),
+    cfg.StrOpt('compute_endpoint_override',
+               help='URL of the compute API to use instead of the one in '
+                    'the Keystone catalog.'),
     cfg.IntOpt('cache_ttl',
                default=30,
                min=0,
@@ -138,6 +141,9 @@ class Enricher:
                 if service_type == 'compute':
                     kwargs['default_microversion'] = \
                         self.options.compute_api_version
+                    if self.options.compute_endpoint_override:
+                        kwargs['endpoint_override'] = \
+                            self.options.compute_endpoint_override
                 else:
                     kwargs['version'] = (3, 0)
                 self._adapters[service_type] = ks_adapter.Adapter(
