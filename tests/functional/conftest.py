@@ -25,22 +25,51 @@ VirtualHost = collections.namedtuple('VirtualHost', 'name url')
 _vhost_counter = itertools.count(1)
 
 
-@pytest.fixture(scope='session')
-def rabbitmq():
-    broker = rabbitmq_helpers.RabbitMQBroker()
+def _started_for_session(server, what):
+    """Start *server*, yield it, stop it; pytest.fail if it cannot start."""
     error = None
     try:
-        broker.start()
-    except Exception as exc:  # RabbitMQStartError, or anything unexpected
+        server.start()
+    except Exception as exc:  # the fixture's StartError, or anything else
         error = exc
     if error is not None:
-        broker.stop()
-        pytest.fail('could not start the RabbitMQ test broker:\n%s' % error,
+        server.stop()
+        pytest.fail('could not start the %s:\n%s' % (what, error),
                     pytrace=False)
     try:
-        yield broker
+        yield server
     finally:
-        broker.stop()
+        server.stop()
+
+
+def _server_factory(build, what):
+    """Yield make(...) -> build(...).start(); stop them all at teardown.
+
+    A server whose stop() raises (it recorded errors) fails the test.
+    """
+    servers = []
+
+    def make(*args, **kwargs):
+        server = build(*args, **kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    failures = []
+    for server in reversed(servers):
+        try:
+            server.stop()
+        except Exception as exc:
+            failures.append('%s' % exc)
+    if failures:
+        pytest.fail('%s test server teardown:\n%s' % (
+            what, '\n'.join(failures)), pytrace=False)
+
+
+@pytest.fixture(scope='session')
+def rabbitmq():
+    yield from _started_for_session(rabbitmq_helpers.RabbitMQBroker(),
+                                    'RabbitMQ test broker')
 
 
 @pytest.fixture
@@ -69,23 +98,10 @@ def smtp_server():
             raise  # aiosmtpd or cryptography missing: say so
         import smtp as smtp_helpers
 
-    servers = []
+    def build(mode='plain', auth=None, **options):
+        return smtp_helpers.SMTPServer(mode=mode, auth=auth, **options)
 
-    def make(mode='plain', auth=None, **options):
-        server = smtp_helpers.SMTPServer(mode=mode, auth=auth, **options)
-        servers.append(server)
-        return server.start()
-
-    yield make
-    failures = []
-    for server in reversed(servers):
-        try:
-            server.stop()
-        except Exception as exc:
-            failures.append('%s' % exc)
-    if failures:
-        pytest.fail('SMTP test server teardown:\n%s' % '\n'.join(failures),
-                    pytrace=False)
+    yield from _server_factory(build, 'SMTP')
 
 
 @pytest.fixture(scope='session')
@@ -104,20 +120,8 @@ def keystone():
             raise
         import keystone as keystone_helpers
 
-    server = keystone_helpers.KeystoneServer()
-    error = None
-    try:
-        server.start()
-    except Exception as exc:  # KeystoneStartError, or anything unexpected
-        error = exc
-    if error is not None:
-        server.stop()
-        pytest.fail('could not start the Keystone test server:\n%s' % error,
-                    pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _started_for_session(keystone_helpers.KeystoneServer(),
+                                    'Keystone test server')
 
 
 @pytest.fixture
@@ -136,24 +140,11 @@ def webhook_server():
             raise  # jsonschema, aiosmtpd or cryptography missing: say so
         import webhook_server as webhook_helpers
 
-    servers = []
+    def build(mode='http', secret=None, **options):
+        return webhook_helpers.WebhookServer(mode=mode, secret=secret,
+                                             **options)
 
-    def make(mode='http', secret=None, **options):
-        server = webhook_helpers.WebhookServer(mode=mode, secret=secret,
-                                               **options)
-        servers.append(server)
-        return server.start()
-
-    yield make
-    failures = []
-    for server in reversed(servers):
-        try:
-            server.stop()
-        except Exception as exc:
-            failures.append('%s' % exc)
-    if failures:
-        pytest.fail('webhook test server teardown:\n%s' % '\n'.join(failures),
-                    pytrace=False)
+    yield from _server_factory(build, 'webhook')
 
 
 @pytest.fixture(scope='session')
@@ -174,17 +165,5 @@ def nova_api(keystone):
             raise
         import nova_api as nova_helpers
 
-    server = nova_helpers.NovaAPIServer(keystone)
-    error = None
-    try:
-        server.start()
-    except Exception as exc:  # NovaAPIStartError, or anything unexpected
-        error = exc
-    if error is not None:
-        server.stop()
-        pytest.fail('could not start the nova-api test server:\n%s' % error,
-                    pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _started_for_session(nova_helpers.NovaAPIServer(keystone),
+                                    'nova-api test server')

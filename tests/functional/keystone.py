@@ -23,25 +23,27 @@ Seeding goes through the REST API with the admin session; every helper raises
 (keystoneauth1's ``HttpError``, with Keystone's message) on an error answer.
 """
 
-import contextlib
 import grp
 import logging
 import os
 import pwd
 import secrets
-import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from urllib import error as urllib_error
-from urllib import request as urllib_request
 
 from keystoneauth1.identity import v3
 from keystoneauth1 import session as ks_session
 import requests
+
+try:  # tests/ and tests/functional/ are packages, or the root is on sys.path
+    from tests.functional import procutil
+except ModuleNotFoundError as exc:
+    if exc.name not in ('tests', 'tests.functional'):
+        raise
+    import procutil  # rootdir-less run: this directory is on sys.path
 
 LOG = logging.getLogger(__name__)
 
@@ -63,10 +65,8 @@ WSGI_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 _MANAGE = ('import sys; from keystone.cmd.manage import main; '
            'sys.exit(main())')
 
-_LOG_TAIL_LINES = 60
-
 # Loopback requests never go through an http_proxy from the environment.
-_NO_PROXY_OPENER = urllib_request.build_opener(urllib_request.ProxyHandler({}))
+_NO_PROXY_OPENER = procutil.NO_PROXY_OPENER
 
 
 class KeystoneStartError(RuntimeError):
@@ -77,103 +77,11 @@ class KeystoneStartError(RuntimeError):
 # Small helpers
 # --------------------------------------------------------------------------
 
-def _excerpt(path, tail=_LOG_TAIL_LINES):
-    """The last *tail* lines of a text file."""
-    try:
-        with open(path, 'rb') as f:
-            data = f.read()
-    except OSError as exc:
-        return '<%s unreadable: %s>' % (path, exc)
-    lines = data.decode('utf-8', 'replace').splitlines()
-    if not lines:
-        return '<empty>'
-    if len(lines) > tail:
-        lines = ['[... %d lines ...]' % (len(lines) - tail)] + lines[-tail:]
-    return '\n'.join(lines)
+_excerpt = procutil.excerpt
+_ini_value = procutil.ini_value
 
 
-def _marked_pids(marker_value):
-    """PIDs of live processes whose environment holds our marker."""
-    needle = ('%s=%s' % (MARKER_ENV, marker_value)).encode()
-    pids = []
-    me = os.getpid()
-    try:
-        entries = os.listdir('/proc')
-    except OSError:
-        return pids
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open('/proc/%s/environ' % entry, 'rb') as f:
-                env = f.read().split(b'\0')
-        except OSError:
-            continue
-        if needle in env:
-            pids.append(int(entry))
-    return pids
-
-
-def _sweep(marker_value, grace=5.0):
-    """SIGTERM, then SIGKILL, every process carrying the marker."""
-    pids = _marked_pids(marker_value)
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while pids and time.monotonic() < deadline:
-        time.sleep(0.1)
-        pids = _marked_pids(marker_value)
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
-# Run by the watchdog: waits for EOF on stdin (our pipe closes when the test
-# process exits, however it exits), then sweeps and removes the directory.
-_WATCHDOG_CODE = '''
-import os, shutil, signal, sys, time
-needle, tmpdir = sys.argv[1].encode(), sys.argv[2]
-try:
-    sys.stdin.buffer.read()
-except BaseException:
-    pass
-def marked():
-    found = []
-    for e in os.listdir('/proc'):
-        if not e.isdigit() or int(e) == os.getpid():
-            continue
-        try:
-            with open('/proc/%s/environ' % e, 'rb') as f:
-                if needle in f.read().split(b'\\0'):
-                    found.append(int(e))
-        except OSError:
-            pass
-    return found
-for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 2.0)):
-    pids = marked()
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
-    end = time.monotonic() + wait
-    while pids and time.monotonic() < end:
-        time.sleep(0.1)
-        pids = marked()
-if tmpdir:
-    shutil.rmtree(tmpdir, ignore_errors=True)
-'''
-
-
-def _ini_value(name, value):
-    """*value* as it must be written for oslo.config to read it back."""
-    value = str(value)
-    if '\n' in value or '\r' in value or value != value.strip():
-        raise ValueError('%s cannot be written to an INI file: %r' % (
-            name, value))
-    # oslo.config expands $name references; $$ is a literal $.
-    return value.replace('$', '$$')
+_marked_pids, _sweep = procutil.marker_functions(MARKER_ENV)
 
 
 # --------------------------------------------------------------------------
@@ -287,16 +195,9 @@ class KeystoneServer:
                  self.startup_seconds)
 
     def _make_env(self):
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(('OS_', 'PYTHONSTARTUP'))}
-        env.update({
-            MARKER_ENV: self._marker,
-            # Keeps ~/.keystone and ~/.config out of the picture.
-            'HOME': self.tmpdir,
-            'LC_ALL': env.get('LC_ALL') or 'C.UTF-8',
-            'PYTHONUNBUFFERED': '1',
-        })
-        return env
+        # HOME keeps ~/.keystone and ~/.config out of the picture.
+        return procutil.python_child_env(MARKER_ENV, self._marker,
+                                         self.tmpdir)
 
     def _write_config(self):
         d = self.tmpdir
@@ -401,13 +302,9 @@ class KeystoneServer:
         ], deadline)
 
     def _start_watchdog(self):
-        needle = '%s=%s' % (MARKER_ENV, self._marker)
-        self._watchdog = subprocess.Popen(
-            [sys.executable, '-c', _WATCHDOG_CODE, needle,
-             '' if self.keep_tmpdir else self.tmpdir],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-            close_fds=True)
+        self._watchdog = procutil.start_watchdog(
+            MARKER_ENV, self._marker,
+            '' if self.keep_tmpdir else self.tmpdir)
 
     def _start_server(self, sock):
         with open(self.server_log_path, 'wb') as out:
@@ -421,27 +318,9 @@ class KeystoneServer:
 
     def _wait_until_ready(self, deadline):
         t0 = time.monotonic()
-        url = self.auth_url
-        last = None
-        while True:
-            if self._server.poll() is not None:
-                raise KeystoneStartError(
-                    'the Keystone server exited with code %s before '
-                    'answering' % self._server.returncode)
-            try:
-                with _NO_PROXY_OPENER.open(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-                    last = 'HTTP %s' % resp.status
-            except urllib_error.HTTPError as exc:
-                last = 'HTTP %s' % exc.code
-            except (OSError, ValueError) as exc:
-                last = repr(exc)
-            if time.monotonic() > deadline:
-                raise KeystoneStartError(
-                    'GET %s did not answer 200 within %.0fs (last: %s)' % (
-                        url, self.start_timeout, last))
-            time.sleep(0.1)
+        procutil.wait_for_http_200(
+            self.auth_url, self._server, deadline, 'Keystone',
+            KeystoneStartError, self.start_timeout, request_timeout=2)
         self.step_seconds['server'] = round(time.monotonic() - t0, 2)
         # The real proof: the admin gets a project-scoped token.
         t0 = time.monotonic()
@@ -463,33 +342,10 @@ class KeystoneServer:
         self._session = None
         self._role_ids = {}
         server, self._server = self._server, None
-        if server is not None:
-            if server.poll() is None:
-                with contextlib.suppress(OSError):
-                    server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    LOG.warning('Keystone did not stop within 10s, killing')
-            with contextlib.suppress(OSError):
-                os.killpg(server.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                server.wait(timeout=5)
-            with contextlib.suppress(OSError):
-                server.stdin.close()
-        if self._marker:
-            _sweep(self._marker)
+        procutil.terminate(server, 'Keystone', 10, LOG)
         watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None:
-            with contextlib.suppress(OSError):
-                watchdog.stdin.close()
-            try:
-                watchdog.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                watchdog.kill()
-                watchdog.wait()
-        if self.tmpdir and not self.keep_tmpdir:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        procutil.clean_up(MARKER_ENV, self._marker, watchdog, self.tmpdir,
+                          self.keep_tmpdir)
 
     def __enter__(self):
         self.start()

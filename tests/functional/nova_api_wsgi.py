@@ -21,13 +21,9 @@ uses: the pipe closes when the test process goes away, however it goes).
 """
 
 import argparse
+import importlib.util
 import os
-import signal
-import socket
-import socketserver
 import sys
-import threading
-from wsgiref import simple_server
 
 # This directory holds the fixture modules (keystone.py, rabbitmq.py ...).
 # Python puts a script's directory first on sys.path, where ``keystone.py``
@@ -37,30 +33,16 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != _HERE]
 
 
-class _RequestHandler(simple_server.WSGIRequestHandler):
+def _load_wsgi_serve():
+    """wsgi_serve.py from this directory, by path: it is off sys.path."""
+    spec = importlib.util.spec_from_file_location(
+        '_nen_wsgi_serve', os.path.join(_HERE, 'wsgi_serve.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def address_string(self):
-        # No reverse DNS look-up per request.
-        return self.client_address[0]
 
-
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn,
-                           simple_server.WSGIServer):
-    """wsgiref's server on an existing listening socket, a thread a request."""
-
-    daemon_threads = True
-
-    def __init__(self, sock):
-        host, port = sock.getsockname()[:2]
-        super().__init__((host, port), _RequestHandler,
-                         bind_and_activate=False)
-        self.socket.close()
-        self.socket = sock
-        self.server_address = (host, port)
-        # Set what server_bind() would, without its getfqdn() DNS look-up.
-        self.server_name = host
-        self.server_port = port
-        self.setup_environ()
+wsgi_serve = _load_wsgi_serve()
 
 
 def _parse_args(argv):
@@ -69,40 +51,13 @@ def _parse_args(argv):
                         help='nova.conf to use')
     parser.add_argument('--paste-file', required=True,
                         help='api-paste.ini to use')
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument('--listen-fd', type=int,
-                       help='inherited listening socket')
-    where.add_argument('--port', type=int, help='port to bind')
-    parser.add_argument('--host', default='127.0.0.1',
-                        help='address to bind with --port')
-    parser.add_argument('--exit-on-stdin-eof', action='store_true',
-                        help='exit when standard input reaches end of file')
+    wsgi_serve.add_listen_arguments(parser)
     return parser.parse_args(argv)
-
-
-def _exit_on_eof():
-    try:
-        while sys.stdin.buffer.read(4096):
-            pass
-    finally:
-        sys.stderr.write('nova_api_wsgi: stdin closed, exiting\n')
-        sys.stderr.flush()
-        os._exit(0)
-
-
-def _terminate(signum, frame):
-    raise SystemExit(0)
 
 
 def main(argv=None):
     args = _parse_args(sys.argv[1:] if argv is None else argv)
-    if args.exit_on_stdin_eof:
-        threading.Thread(target=_exit_on_eof, daemon=True).start()
-    signal.signal(signal.SIGTERM, _terminate)
-    if args.listen_fd is not None:
-        sock = socket.socket(fileno=args.listen_fd)
-    else:
-        sock = socket.create_server((args.host, args.port), backlog=64)
+    sock = wsgi_serve.prepare(args, 'nova_api_wsgi')
 
     # Nova's oslo.config parses sys.argv when the application is built
     # (nova.api.openstack.wsgi_app.init_global_data): our own options would
@@ -119,20 +74,10 @@ def main(argv=None):
 
     from nova.wsgi import osapi_compute
 
-    server = _ThreadingWSGIServer(sock)
-    server.set_app(osapi_compute.application)
-    sys.stderr.write('nova_api_wsgi: serving on http://%s:%d/\n' % (
-        server.server_name, server.server_port))
-    sys.stderr.flush()
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.server_close()
-        sys.stderr.write('nova_api_wsgi: stopped\n')
-        sys.stderr.flush()
-        # Nova's thread pools would hold the exit for seconds; nothing is
-        # left to flush (the databases are written by others).
-        os._exit(0)
+    # hard_exit: Nova's thread pools would hold the exit for seconds;
+    # nothing is left to flush (the databases are written by others).
+    wsgi_serve.serve(sock, osapi_compute.application, 'nova_api_wsgi',
+                     hard_exit=True)
 
 
 if __name__ == '__main__':

@@ -21,11 +21,8 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import string
 import subprocess
-import sys
 import tempfile
 import time
 from urllib import parse
@@ -34,6 +31,13 @@ import kombu
 from oslo_config import cfg
 import oslo_messaging
 from oslo_messaging import opts as oslo_messaging_opts
+
+try:  # tests/ and tests/functional/ are packages, or the root is on sys.path
+    from tests.functional import procutil
+except ModuleNotFoundError as exc:
+    if exc.name not in ('tests', 'tests.functional'):
+        raise
+    import procutil  # rootdir-less run: this directory is on sys.path
 
 LOG = logging.getLogger(__name__)
 
@@ -59,7 +63,6 @@ OSLO_EXCHANGE_DURABLE = False
 OSLO_EXCHANGE_AUTO_DELETE = False
 
 _VHOST_NAME_RE = re.compile(r'^[A-Za-z0-9_.-]+$')
-_LOG_TAIL_LINES = 60
 
 
 class RabbitMQStartError(RuntimeError):
@@ -127,118 +130,22 @@ def _find_epmd():
 
 def _free_ports(count):
     """Return *count* distinct free TCP ports on the loopback address."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    return procutil.free_ports(count, HOST)
 
 
 def _port_open(port, host=HOST):
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    return procutil.port_open(port, host)
 
 
-def _excerpt(path, head=0, tail=_LOG_TAIL_LINES):
-    """The first *head* and last *tail* lines of a text file."""
-    try:
-        with open(path, 'rb') as f:
-            data = f.read()
-    except OSError as exc:
-        return '<%s unreadable: %s>' % (path, exc)
-    lines = data.decode('utf-8', 'replace').splitlines()
-    if not lines:
-        return '<empty>'
-    if len(lines) <= head + tail:
-        return '\n'.join(lines)
-    return '\n'.join(lines[:head] + ['[... %d lines ...]' % (
-        len(lines) - head - tail)] + lines[len(lines) - tail:])
+_excerpt = procutil.excerpt
 
 
 # --------------------------------------------------------------------------
 # Process clean-up: marker sweep and a watchdog for hard crashes
+# (tests/functional/procutil.py)
 # --------------------------------------------------------------------------
 
-def _marked_pids(marker_value):
-    """PIDs of live processes whose environment holds our marker."""
-    needle = ('%s=%s' % (MARKER_ENV, marker_value)).encode()
-    pids = []
-    try:
-        entries = os.listdir('/proc')
-    except OSError:
-        return pids
-    me = os.getpid()
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open('/proc/%s/environ' % entry, 'rb') as f:
-                env = f.read().split(b'\0')
-        except OSError:
-            continue
-        if needle in env:
-            pids.append(int(entry))
-    return pids
-
-
-def _sweep(marker_value, grace=5.0):
-    """SIGTERM, then SIGKILL, every process carrying the marker."""
-    pids = _marked_pids(marker_value)
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while pids and time.monotonic() < deadline:
-        time.sleep(0.1)
-        pids = _marked_pids(marker_value)
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
-# Run by the watchdog: waits for EOF on stdin (our pipe closes when the test
-# process exits, however it exits), then sweeps and removes the directory.
-_WATCHDOG_CODE = '''
-import os, shutil, signal, sys, time
-marker, needle, tmpdir = sys.argv[1], sys.argv[2].encode(), sys.argv[3]
-try:
-    sys.stdin.buffer.read()
-except BaseException:
-    pass
-def marked():
-    found = []
-    for e in os.listdir('/proc'):
-        if not e.isdigit() or int(e) == os.getpid():
-            continue
-        try:
-            with open('/proc/%s/environ' % e, 'rb') as f:
-                if needle in f.read().split(b'\\0'):
-                    found.append(int(e))
-        except OSError:
-            pass
-    return found
-for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 2.0)):
-    pids = marked()
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
-    end = time.monotonic() + wait
-    while pids and time.monotonic() < end:
-        time.sleep(0.1)
-        pids = marked()
-if tmpdir:
-    shutil.rmtree(tmpdir, ignore_errors=True)
-'''
+_marked_pids, _sweep = procutil.marker_functions(MARKER_ENV)
 
 
 # --------------------------------------------------------------------------
@@ -425,13 +332,9 @@ class RabbitMQBroker:
                             for _ in range(32)))
 
     def _start_watchdog(self):
-        needle = '%s=%s' % (MARKER_ENV, self._marker)
-        self._watchdog = subprocess.Popen(
-            [sys.executable, '-c', _WATCHDOG_CODE, self._marker, needle,
-             '' if self.keep_tmpdir else self.tmpdir],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-            close_fds=True)
+        self._watchdog = procutil.start_watchdog(
+            MARKER_ENV, self._marker,
+            '' if self.keep_tmpdir else self.tmpdir)
 
     def _start_epmd(self, epmd):
         # A private epmd: the node and every rabbitmqctl call find each
@@ -515,18 +418,7 @@ class RabbitMQBroker:
     def stop(self):
         """Stop the node and remove everything it started.  Idempotent."""
         server, self._server = self._server, None
-        if server is not None:
-            if server.poll() is None:
-                with contextlib.suppress(OSError):
-                    server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    LOG.warning('RabbitMQ did not stop within 30s, killing')
-            with contextlib.suppress(OSError):
-                os.killpg(server.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                server.wait(timeout=5)
+        procutil.terminate(server, 'RabbitMQ', 30, LOG)
         if self._marker:
             # erl_child_setup, port programs, stray rabbitmqctl nodes, epmd.
             _sweep(self._marker)
@@ -537,16 +429,9 @@ class RabbitMQBroker:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 epmd.wait(timeout=5)
         watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None:
-            with contextlib.suppress(OSError):
-                watchdog.stdin.close()
-            try:
-                watchdog.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                watchdog.kill()
-                watchdog.wait()
-        if self.tmpdir and not self.keep_tmpdir:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        # (Swept above already, before epmd.)
+        procutil.clean_up(MARKER_ENV, None, watchdog, self.tmpdir,
+                          self.keep_tmpdir)
 
     def __enter__(self):
         self.start()

@@ -64,6 +64,13 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.oid import NameOID
 
+try:  # tests/ and tests/functional/ are packages, or the root is on sys.path
+    from tests.functional import server_lifecycle
+except ModuleNotFoundError as exc:
+    if exc.name not in ('tests', 'tests.functional'):
+        raise
+    import server_lifecycle  # rootdir-less run
+
 LOG = logging.getLogger(__name__)
 
 HOST = '127.0.0.1'
@@ -294,7 +301,7 @@ class _Handler:
 # The server
 # --------------------------------------------------------------------------
 
-class SMTPServer:
+class SMTPServer(server_lifecycle.ServerLifecycle):
     """A real SMTP server on 127.0.0.1 for one test (see the module doc).
 
     :param mode: 'plain', 'starttls' or 'ssl' (implicit TLS).
@@ -307,6 +314,9 @@ class SMTPServer:
     :param port: 0 (the default) for a free port.
     :param smtputf8: offer SMTPUTF8.
     """
+
+    error_class = SMTPServerError
+    runs_once_name = 'an SMTPServer'
 
     def __init__(self, mode='plain', auth=None, require_starttls=False,
                  auth_mechanisms=AUTH_MECHANISMS, port=0, smtputf8=True,
@@ -387,14 +397,7 @@ class SMTPServer:
         Raises AssertionError, listing what did arrive, when fewer than *n*
         arrived within *timeout* seconds, or when more than *n* did.
         """
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self._messages) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            got = list(self._messages)
+        got = self._wait_for_count(self._messages, n, timeout)
         if len(got) != n:
             raise AssertionError(
                 '%r: expected %d message(s) within %ss, %d arrived: %r%s' % (
@@ -474,19 +477,6 @@ class SMTPServer:
         with self._cond:
             self._auth_attempts.append((username, ok))
 
-    def _add_error(self, what, error):
-        LOG.error('%r: %s: %r', self, what, error, exc_info=error)
-        with self._cond:
-            self.errors.append('%s: %s: %s' % (what, type(error).__name__,
-                                               error))
-
-    def _error_summary(self):
-        with self._cond:
-            errors = list(self.errors)
-        if not errors:
-            return ''
-        return '\nserver errors:\n  ' + '\n  '.join(errors)
-
     def _authenticate(self, smtp, session, envelope, mechanism, auth_data):
         username = auth_data.login.decode('utf-8', 'replace')
         password = auth_data.password.decode('utf-8', 'replace')
@@ -514,19 +504,6 @@ class SMTPServer:
                             repr(context)))
 
     # -- start / stop ---------------------------------------------------------
-
-    def start(self):
-        """Listen and serve; returns once the port accepts connections."""
-        if self._started:
-            raise SMTPServerError('%r was already started; an SMTPServer '
-                                  'runs once' % self)
-        self._started = True
-        try:
-            self._start()
-        except BaseException:
-            self._shutdown_after_failed_start()
-            raise
-        return self
 
     def _start(self):
         self.tmpdir = tempfile.mkdtemp(prefix='nen-smtp-')
@@ -620,50 +597,19 @@ class SMTPServer:
             self._add_error('connections left open at stop',
                             RuntimeError(repr(self._connections)))
 
-    def _shutdown_after_failed_start(self):
-        try:
-            self.stop(check=False)
-        except Exception:
-            LOG.exception('%r: clean-up after a failed start failed', self)
-
-    def stop(self, check=True):
-        """Close every connection, stop the thread, remove the temp dir.
-
-        Idempotent.  With *check* (the default) raises SMTPServerError when
-        the server recorded errors that no earlier stop() reported.
-        """
-        if not self._stopped:
-            self._stopped = True
-            thread, loop = self._thread, self._loop
-            if thread is not None:
-                if thread.is_alive() and not loop.is_closed():
-                    loop.call_soon_threadsafe(loop.stop)
-                thread.join(self.stop_timeout)
-                if thread.is_alive():
-                    raise SMTPServerError('%r: server thread still running '
-                                          '%ss after stop' % (
-                                              self, self.stop_timeout))
-            if self.tmpdir is not None:
-                shutil.rmtree(self.tmpdir, ignore_errors=True)
-        with self._cond:
-            new_errors = self.errors[self._errors_reported:]
-            self._errors_reported = len(self.errors)
-        if check and new_errors:
-            raise SMTPServerError('%r recorded errors:\n  %s' % (
-                self, '\n  '.join(new_errors)))
-
-    @property
-    def running(self):
-        return (self._thread is not None and self._thread.is_alive()
-                and not self._stopped)
+    def _stop(self):
+        thread, loop = self._thread, self._loop
+        if thread is not None:
+            if thread.is_alive() and not loop.is_closed():
+                loop.call_soon_threadsafe(loop.stop)
+            thread.join(self.stop_timeout)
+            if thread.is_alive():
+                raise SMTPServerError('%r: server thread still running '
+                                      '%ss after stop' % (
+                                          self, self.stop_timeout))
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     def client_context(self):
         """An ssl context for a client that trusts only this server."""
         return ssl.create_default_context(cafile=self.cafile)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, exc_type, exc, tb):
-        # A failing test's own exception wins over server errors.
-        self.stop(check=exc_type is None)

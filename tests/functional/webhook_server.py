@@ -83,6 +83,13 @@ except ModuleNotFoundError as exc:
         raise  # aiosmtpd or cryptography missing: say so
     import smtp as smtp_helpers  # rootdir-less run
 
+try:  # tests/ and tests/functional/ are packages, or the root is on sys.path
+    from tests.functional import server_lifecycle
+except ModuleNotFoundError as exc:
+    if exc.name not in ('tests', 'tests.functional'):
+        raise
+    import server_lifecycle  # rootdir-less run
+
 LOG = logging.getLogger(__name__)
 
 HOST = '127.0.0.1'
@@ -325,7 +332,7 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 # The server
 # --------------------------------------------------------------------------
 
-class WebhookServer:
+class WebhookServer(server_lifecycle.ServerLifecycle):
     """A real webhook receiver on 127.0.0.1 for one test (see module doc).
 
     :param mode: 'http' or 'https'.
@@ -342,6 +349,9 @@ class WebhookServer:
     :param request_timeout: seconds an idle keep-alive connection (or a TLS
         handshake) may take before the server drops it.
     """
+
+    error_class = WebhookServerError
+    runs_once_name = 'a WebhookServer'
 
     def __init__(self, mode='http', secret=None,
                  schema_path=DEFAULT_SCHEMA_PATH, validate=True,
@@ -426,14 +436,7 @@ class WebhookServer:
         Raises AssertionError, listing what did arrive, when fewer than *n*
         arrived within *timeout* seconds, or when more than *n* did.
         """
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self._requests) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            got = list(self._requests)
+        got = self._wait_for_count(self._requests, n, timeout)
         if len(got) != n:
             raise AssertionError(
                 '%r: expected %d request(s) within %ss, %d arrived: %s%s' % (
@@ -684,33 +687,7 @@ class WebhookServer:
                     self._connections.pop(threading.current_thread(), None)
                     self._cond.notify_all()
 
-    def _add_error(self, what, error):
-        LOG.error('%r: %s: %r', self, what, error, exc_info=error)
-        with self._cond:
-            self.errors.append('%s: %s: %s' % (what, type(error).__name__,
-                                               error))
-
-    def _error_summary(self):
-        with self._cond:
-            errors = list(self.errors)
-        if not errors:
-            return ''
-        return '\nserver errors:\n  ' + '\n  '.join(errors)
-
     # -- start / stop ---------------------------------------------------------
-
-    def start(self):
-        """Listen and serve; returns once the port accepts connections."""
-        if self._started:
-            raise WebhookServerError('%r was already started; a '
-                                     'WebhookServer runs once' % self)
-        self._started = True
-        try:
-            self._start()
-        except BaseException:
-            self._shutdown_after_failed_start()
-            raise
-        return self
 
     def _start(self):
         try:
@@ -754,28 +731,6 @@ class WebhookServer:
         except BaseException as exc:
             self._add_error('the serving thread died', exc)
 
-    def _shutdown_after_failed_start(self):
-        try:
-            self.stop(check=False)
-        except Exception:
-            LOG.exception('%r: clean-up after a failed start failed', self)
-
-    def stop(self, check=True):
-        """Close every connection, join every thread, remove the temp dir.
-
-        Idempotent.  With *check* (the default) raises WebhookServerError
-        when the server recorded errors that no earlier stop() reported.
-        """
-        if not self._stopped:
-            self._stopped = True
-            self._stop()
-        with self._cond:
-            new_errors = self.errors[self._errors_reported:]
-            self._errors_reported = len(self.errors)
-        if check and new_errors:
-            raise WebhookServerError('%r recorded errors:\n  %s' % (
-                self, '\n  '.join(new_errors)))
-
     def _stop(self):
         self._stopping.set()  # cuts delay_next() short
         httpd, thread = self._httpd, self._thread
@@ -808,15 +763,3 @@ class WebhookServer:
             raise WebhookServerError('%r: threads still running %ss after '
                                      'stop: %s' % (self, self.stop_timeout,
                                                    ', '.join(stuck)))
-
-    @property
-    def running(self):
-        return (self._thread is not None and self._thread.is_alive()
-                and not self._stopped)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, exc_type, exc, tb):
-        # A failing test's own exception wins over server errors.
-        self.stop(check=exc_type is None)
