@@ -177,18 +177,18 @@ class Correlator:
         if row is not None or not record.request_id:
             return row, key
         if record.instance_uuid is None:
-            # compute.exception has no instance: join the open incident of
-            # the request, if there is exactly one.
+            # compute.exception has no instance: join the incident of the
+            # request, if there is exactly one.
+            # Open or already routed: a twin that arrives late must not
+            # make a second alert.
             rows = conn.execute(sa.select(inc).where(
-                inc.c.request_id == record.request_id,
-                inc.c.state == 'open').limit(2)).all()
+                inc.c.request_id == record.request_id).limit(2)).all()
             if len(rows) == 1:
                 return rows[0], key
             return None, key
         # An instance-less incident of the same request learns its instance.
         bare = conn.execute(sa.select(inc).where(
-            inc.c.key == incident_key(record.request_id, None),
-            inc.c.state == 'open')).first()
+            inc.c.key == incident_key(record.request_id, None))).first()
         if bare is not None:
             conn.execute(inc.update().where(inc.c.id == bare.id).values(
                 key=key, instance_uuid=record.instance_uuid))

@@ -354,3 +354,15 @@ def test_purge_keeps_open_and_dead_work(world):
     states = sorted(r['state'] for r in rows(store, 'incidents'))
     assert states == ['open', 'routed']         # the dead one stays
     assert len(rows(store, 'dead_letters')) == 1
+
+
+def test_a_late_instance_less_twin_joins_the_routed_incident(world):
+    conf, store, corr, pool, clock = world(receivers=('a',))
+    first = corr.add(record('resize_instance', 'late1', fmt='legacy'))
+    clock.now += 10
+    assert corr.route_due() == 1
+    late = corr.add(record('compute.exception', 'late2', instance=None,
+                           synthetic=()))
+    assert late == first
+    clock.now += 10
+    assert corr.route_due() == 0
