@@ -155,7 +155,8 @@ def test_slow_api_stays_within_the_budget(tmp_path, cloud):
         listener.close()
         for conn in held:
             conn.close()
-    assert elapsed < 2.0 + 0.5, elapsed
+    # The budget is 2 s; leave room for a loaded CI machine.
+    assert elapsed < 2.0 + 1.5, elapsed
     assert alert.enriched is False
     assert 'within 2.0 s' in alert.enrichment_note or \
         'timed out' in alert.enrichment_note or \
