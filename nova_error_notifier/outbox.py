@@ -281,8 +281,10 @@ class Store:
                         return work(connection)
             with self.engine.begin() as connection:
                 return work(connection)
-        except (sa_exc.OperationalError, sa_exc.InterfaceError,
-                sa_exc.DisconnectionError, OSError) as exc:
+        except (sa_exc.DBAPIError, sa_exc.DisconnectionError,
+                OSError) as exc:
+            # Any database failure (an integrity error too): the caller
+            # requeues the message rather than acknowledge it unstored.
             raise StoreUnavailable('%s: %s' % (type(exc).__name__,
                                                str(exc).split('\n')[0]))
 
