@@ -373,6 +373,10 @@ def test_watchdog_cleans_up_after_the_test_process_dies(tmp_path):
                 'left over: %s, dir exists: %s' % (
                     ks._marked_pids(marker), os.path.exists(info['tmpdir'])))
             time.sleep(0.2)
+        # The socket may take a moment to close after its process died.
+        port_deadline = time.monotonic() + 10
+        while _port_open(info['port']) and time.monotonic() < port_deadline:
+            time.sleep(0.2)
         assert not _port_open(info['port'])
     finally:
         if child.poll() is None:
