@@ -32,6 +32,7 @@ the default SQLite file (WAL mode) as well as on MySQL or PostgreSQL:
   ``[delivery] group_interval`` once the receiver's limit is reached.
 """
 
+import contextlib
 import json
 import os
 import threading
@@ -268,34 +269,33 @@ class Store:
 
     # -- transactions --------------------------------------------------------
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _guard():
+        """Any database failure becomes StoreUnavailable.
+
+        An integrity error too: the caller requeues the message rather than
+        acknowledge it unstored.
+        """
+        try:
+            yield
+        except (sa_exc.DBAPIError, sa_exc.DisconnectionError,
+                OSError) as exc:
+            raise StoreUnavailable('%s: %s' % (type(exc).__name__,
+                                               str(exc).split('\n')[0]))
+
     def write(self, work):
         """Run ``work(connection)`` in one transaction and return its value.
 
         :raises StoreUnavailable: when the database cannot be written.
         """
-        lock = self._write_lock
-        try:
-            if lock is not None:
-                with lock:
-                    with self.engine.begin() as connection:
-                        return work(connection)
-            with self.engine.begin() as connection:
-                return work(connection)
-        except (sa_exc.DBAPIError, sa_exc.DisconnectionError,
-                OSError) as exc:
-            # Any database failure (an integrity error too): the caller
-            # requeues the message rather than acknowledge it unstored.
-            raise StoreUnavailable('%s: %s' % (type(exc).__name__,
-                                               str(exc).split('\n')[0]))
+        lock = self._write_lock or contextlib.nullcontext()
+        with self._guard(), lock, self.engine.begin() as connection:
+            return work(connection)
 
     def read(self, work):
-        try:
-            with self.engine.connect() as connection:
-                return work(connection)
-        except (sa_exc.OperationalError, sa_exc.InterfaceError,
-                sa_exc.DisconnectionError, OSError) as exc:
-            raise StoreUnavailable('%s: %s' % (type(exc).__name__,
-                                               str(exc).split('\n')[0]))
+        with self._guard(), self.engine.connect() as connection:
+            return work(connection)
 
     def purge(self, retention):
         """Forget finished work older than ``retention`` seconds.
