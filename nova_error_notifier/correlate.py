@@ -136,6 +136,178 @@ def summarise(alerts, count, interval):
     return '%s in the last %s' % (what, window)
 
 
+_inc = outbox.incidents
+_SEEN = sa.select(outbox.messages.c.message_id).where(
+    outbox.messages.c.message_id.in_(sa.bindparam('keys', expanding=True)))
+_BY_KEY = sa.select(_inc).where(_inc.c.key == sa.bindparam('key'))
+_BY_REQUEST = sa.select(_inc).where(
+    _inc.c.request_id == sa.bindparam('request_id')).limit(2)
+_OPEN_OF_INSTANCES = sa.select(
+    _inc.c.id, _inc.c.instance_uuid, _inc.c.request_id).where(
+        _inc.c.instance_uuid.in_(sa.bindparam('uuids', expanding=True)),
+        _inc.c.state == 'open')
+_RESOLVE_IDS = _inc.update().where(
+    _inc.c.id.in_(sa.bindparam('ids', expanding=True)),
+    _inc.c.state == 'open').values(resolved=True)
+_UPDATE_INCIDENT = _inc.update().where(
+    _inc.c.id == sa.bindparam('b_id')).values(
+        key=sa.bindparam('b_key'),
+        instance_uuid=sa.bindparam('b_instance_uuid'),
+        records=sa.bindparam('b_records'),
+        message_count=sa.bindparam('b_message_count'),
+        resolved=sa.bindparam('b_resolved'),
+        updated_at=sa.bindparam('b_updated_at'))
+_INSERT_INCIDENT = _inc.insert()
+_dg = outbox.digests
+_COLLECTING_DIGEST = sa.select(_dg.c.id, _dg.c.count).where(
+    _dg.c.receiver == sa.bindparam('b_receiver'),
+    _dg.c.state == 'collecting')
+_DIGEST_MEMBERS = sa.select(_dg.c.members).where(
+    _dg.c.id == sa.bindparam('b_id'))
+_COUNT_IN_DIGEST = _dg.update().where(_dg.c.id == sa.bindparam('b_id')).values(
+    count=_dg.c.count + 1)
+_ADD_TO_DIGEST = _dg.update().where(_dg.c.id == sa.bindparam('b_id')).values(
+    count=_dg.c.count + 1, members=sa.bindparam('b_members'))
+_DUE = sa.select(_inc).where(
+    _inc.c.state == 'open', _inc.c.due_at <= sa.bindparam('b_now')).order_by(
+        _inc.c.due_at).limit(sa.bindparam('b_limit'))
+_FINISH = _inc.update().where(
+    _inc.c.id == sa.bindparam('b_id'), _inc.c.state == 'open').values(
+        state=sa.bindparam('b_state'), note=sa.bindparam('b_note'),
+        updated_at=sa.bindparam('b_updated_at'))
+_dl = outbox.deliveries
+_SENT = sa.select(sa.func.count()).select_from(_dl).where(
+    _dl.c.receiver == sa.bindparam('b_receiver'), _dl.c.kind == 'single',
+    _dl.c.created_at >= sa.bindparam('b_since'))
+_INSERT_DELIVERY = _dl.insert()
+_NEXT_INCIDENT = sa.select(sa.func.min(_inc.c.due_at)).where(
+    _inc.c.state == 'open')
+_NEXT_DIGEST = sa.select(sa.func.min(outbox.digests.c.due_at)).where(
+    outbox.digests.c.state == 'collecting')
+_INSERT_MESSAGE = outbox.messages.insert()
+
+
+class _IncidentState:
+    """One incident as a batch of messages changes it, before it is written."""
+
+    def __init__(self, id, key, request_id, instance_uuid, state, records,
+                 message_count, resolved, new=False, due_at=None):
+        self.id = id
+        self.key = key
+        self.request_id = request_id
+        self.instance_uuid = instance_uuid
+        self.state = state
+        self._records = records   # JSON text until first needed
+        self.message_count = message_count
+        self.resolved = resolved
+        self.new = new
+        self.due_at = due_at
+        self.dirty = new
+
+    @classmethod
+    def from_row(cls, row):
+        return cls(row.id, row.key, row.request_id, row.instance_uuid,
+                   row.state, row.records, row.message_count,
+                   bool(row.resolved))
+
+    @property
+    def records(self):
+        if isinstance(self._records, str):
+            self._records = outbox.loads(self._records)
+        return self._records
+
+    def add(self, record):
+        records = self.records
+        if len(records) < MAX_RECORDS:
+            records.append(rec.to_dict(record))
+        self.message_count += 1
+        self.dirty = True
+
+    def resolves(self, resolution):
+        return (self.state == 'open' and
+                self.instance_uuid == resolution.instance_uuid and
+                (not resolution.request_id or
+                 self.request_id == resolution.request_id))
+
+
+class _Batch:
+    """The incidents and message ids one outbox transaction writes."""
+
+    def __init__(self, now):
+        self.now = now
+        self.by_id = {}
+        self.by_key = {}
+        self.messages = []
+        #: When the first incident this batch opened is due, if any.
+        self.earliest_due = None
+
+    @property
+    def states(self):
+        return self.by_id.values()
+
+    def track(self, row):
+        """The batch's state of a database row (None for None)."""
+        if row is None:
+            return None
+        state = self.by_id.get(row.id)
+        if state is None:
+            state = _IncidentState.from_row(row)
+            self.by_id[state.id] = state
+            self.by_key.setdefault(state.key, state)
+        return state
+
+    def of_request(self, request_id):
+        return [state for state in self.by_id.values()
+                if state.request_id == request_id]
+
+    def open(self, key, record, group_wait):
+        state = _IncidentState(
+            str(uuid.uuid4()), key, record.request_id, record.instance_uuid,
+            'open', [rec.to_dict(record)], 1, False, new=True,
+            due_at=self.now + group_wait)
+        self.by_id[state.id] = state
+        self.by_key[key] = state
+        if self.earliest_due is None or state.due_at < self.earliest_due:
+            self.earliest_due = state.due_at
+        return state
+
+    def rekey(self, state, key, instance_uuid):
+        if self.by_key.get(state.key) is state:
+            del self.by_key[state.key]
+        state.key = key
+        state.instance_uuid = instance_uuid
+        state.dirty = True
+        self.by_key[key] = state
+
+    def flush(self, conn):
+        new, changed = [], []
+        for state in self.by_id.values():
+            if state.new:
+                new.append({
+                    'id': state.id, 'key': state.key,
+                    'request_id': state.request_id,
+                    'instance_uuid': state.instance_uuid, 'state': 'open',
+                    'records': outbox.dumps(state.records),
+                    'message_count': state.message_count,
+                    'resolved': state.resolved, 'opened_at': self.now,
+                    'updated_at': self.now, 'due_at': state.due_at})
+            elif state.dirty:
+                changed.append({
+                    'b_id': state.id, 'b_key': state.key,
+                    'b_instance_uuid': state.instance_uuid,
+                    'b_records': outbox.dumps(state.records),
+                    'b_message_count': state.message_count,
+                    'b_resolved': state.resolved,
+                    'b_updated_at': self.now})
+        # Changed first: a re-keyed incident frees its old key.
+        if changed:
+            conn.execute(_UPDATE_INCIDENT, changed)
+        if new:
+            conn.execute(_INSERT_INCIDENT, new)
+        if self.messages:
+            conn.execute(_INSERT_MESSAGE, self.messages)
+
+
 class Correlator:
     """Turns records into incidents and incidents into deliveries."""
 
@@ -148,106 +320,167 @@ class Correlator:
         self.clock = clock
         #: Set when deliveries were written, to wake the delivery workers.
         self.work_available = threading.Event()
+        #: Set when an incident was opened that is due before the router
+        #: means to wake up (``router_wakes_at``; None while it plans).
+        self.incident_opened = threading.Event()
+        self.router_wakes_at = None
+        self.next_due_at = None
+        self._digest_due = None
 
-    # -- the sink: one transaction per message -----------------------------
+    # -- the sink -------------------------------------------------------------
 
     def add(self, item):
         """Record one ErrorRecord or Resolution durably.
 
         :raises outbox.StoreUnavailable: the message must be requeued.
         """
-        if isinstance(item, rec.Resolution):
-            return self.store.write(lambda conn: self._resolve(conn, item))
-        return self.store.write(lambda conn: self._attach(conn, item))
+        return self.add_many([item])[0]
 
-    def _seen(self, conn, key, now):
-        """Record a message id; False if it was seen already."""
-        try:
-            with conn.begin_nested():
-                conn.execute(outbox.messages.insert().values(
-                    message_id=key, received_at=now))
-        except sa_exc.IntegrityError:
-            return False
-        return True
+    def add_many(self, items):
+        """Record ErrorRecords and Resolutions durably, in one transaction.
 
-    def _find(self, conn, record):
-        inc = outbox.incidents
+        Items are applied in order. Returns, per item, the incident id it
+        went to (None for a resolution or a message seen before).
+
+        :raises outbox.StoreUnavailable: the messages must be requeued.
+        """
+        if not items:
+            return []
+        results, due = self.store.write(
+            lambda conn: self._add_many(conn, items))
+        if due is not None:
+            wakes_at = self.router_wakes_at
+            if wakes_at is None or due < wakes_at:
+                self.incident_opened.set()
+        return results
+
+    def _add_many(self, conn, items):
+        now = self.clock()
+        keys = [None if isinstance(item, rec.Resolution)
+                else message_key(item) for item in items]
+        seen = self._seen_before(conn, [k for k in keys if k is not None])
+        batch = _Batch(now)
+        results = []
+        resolutions = []
+        for item, mkey in zip(items, keys):
+            if mkey is None:
+                resolutions.append(item)
+                results.append(None)
+                continue
+            if mkey in seen:
+                LOG.debug('Message %s was seen before: nothing to do',
+                          logsafe.escape(mkey))
+                results.append(None)
+                continue
+            seen.add(mkey)
+            results.append(self._attach(conn, item, mkey, batch))
+        if resolutions:
+            self._resolve(conn, resolutions, batch)
+        batch.flush(conn)
+        return results, batch.earliest_due
+
+    @staticmethod
+    def _seen_before(conn, keys):
+        """The message ids among ``keys`` that the outbox knows already."""
+        seen = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            seen.update(conn.execute(_SEEN, {'keys': chunk}).scalars())
+        return seen
+
+    def _find(self, conn, record, batch):
         key = incident_key(record.request_id, record.instance_uuid)
-        row = conn.execute(sa.select(inc).where(inc.c.key == key)).first()
+        state = batch.by_key.get(key)
+        if state is not None:
+            return state, key
+        row = conn.execute(_BY_KEY, {'key': key}).first()
         if row is not None or not record.request_id:
-            return row, key
+            return batch.track(row), key
         if record.instance_uuid is None:
             # compute.exception has no instance: join the incident of the
-            # request, if there is exactly one.
-            # Open or already routed: a twin that arrives late must not
-            # make a second alert.
-            rows = conn.execute(sa.select(inc).where(
-                inc.c.request_id == record.request_id).limit(2)).all()
-            if len(rows) == 1:
-                return rows[0], key
+            # request, if there is exactly one, open or already routed: a
+            # twin that arrives late must not make a second alert.
+            found = {state.id: state
+                     for state in batch.of_request(record.request_id)}
+            for row in conn.execute(_BY_REQUEST,
+                                    {'request_id': record.request_id}):
+                state = batch.track(row)
+                found[state.id] = state
+            if len(found) == 1:
+                return next(iter(found.values())), key
             return None, key
         # An instance-less incident of the same request learns its instance.
-        bare = conn.execute(sa.select(inc).where(
-            inc.c.key == incident_key(record.request_id, None))).first()
+        bare_key = incident_key(record.request_id, None)
+        bare = batch.by_key.get(bare_key)
+        if bare is None:
+            row = conn.execute(_BY_KEY, {'key': bare_key}).first()
+            bare = batch.track(row)
         if bare is not None:
-            conn.execute(inc.update().where(inc.c.id == bare.id).values(
-                key=key, instance_uuid=record.instance_uuid))
+            batch.rekey(bare, key, record.instance_uuid)
             return bare, key
         return None, key
 
-    def _attach(self, conn, record):
-        now = self.clock()
-        mkey = message_key(record)
-        if not self._seen(conn, mkey, now):
-            LOG.debug('Message %s was seen before: nothing to do',
-                      logsafe.escape(mkey))
-            return None
-        inc = outbox.incidents
+    def _attach(self, conn, record, mkey, batch):
         if not record.request_id:
-            row, key = None, 'message|' + mkey[:240]
+            state, key = None, 'message|' + mkey[:240]
         else:
-            row, key = self._find(conn, record)
-        if row is None:
-            incident_id = str(uuid.uuid4())
-            conn.execute(inc.insert().values(
-                id=incident_id, key=key, request_id=record.request_id,
-                instance_uuid=record.instance_uuid, state='open',
-                records=outbox.dumps([rec.to_dict(record)]),
-                message_count=1, resolved=False, opened_at=now,
-                updated_at=now,
-                due_at=now + self.conf[GROUP].group_wait))
+            state, key = self._find(conn, record, batch)
+        if state is None:
+            state = batch.open(key, record,
+                               self.conf[GROUP].group_wait)
         else:
-            incident_id = row.id
-            records = outbox.loads(row.records)
-            if len(records) < MAX_RECORDS:
-                records.append(rec.to_dict(record))
-            conn.execute(inc.update().where(inc.c.id == row.id).values(
-                records=outbox.dumps(records),
-                message_count=row.message_count + 1, updated_at=now))
-            if row.state != 'open':
+            state.add(record)
+            if state.state != 'open':
                 LOG.debug('Late message %s folded into incident %s (%s)',
-                          logsafe.escape(mkey), row.id, row.state)
-        conn.execute(outbox.messages.update().where(
-            outbox.messages.c.message_id == mkey).values(
-                incident_id=incident_id))
-        return incident_id
+                          logsafe.escape(mkey), state.id, state.state)
+        batch.messages.append({'message_id': mkey, 'received_at': batch.now,
+                               'incident_id': state.id})
+        return state.id
 
-    def _resolve(self, conn, resolution):
-        inc = outbox.incidents
-        condition = sa.and_(inc.c.instance_uuid == resolution.instance_uuid,
-                            inc.c.state == 'open')
-        if resolution.request_id:
-            # A reschedule keeps the request id of the build.
-            condition = sa.and_(condition,
-                                inc.c.request_id == resolution.request_id)
-        result = conn.execute(inc.update().where(condition).values(
-            resolved=True))
-        if result.rowcount:
+    def _resolve(self, conn, resolutions, batch):
+        """Mark the open incidents of builds that succeeded after all.
+
+        A build that Nova rescheduled keeps its request id: a resolution
+        with a request id only resolves the incidents of that request. One
+        query for the whole batch, since most builds never failed.
+        """
+        by_instance = collections.defaultdict(list)
+        for resolution in resolutions:
+            by_instance[resolution.instance_uuid].append(resolution)
+
+        def match(instance_uuid, request_id):
+            for resolution in by_instance.get(instance_uuid, ()):
+                if (not resolution.request_id or
+                        resolution.request_id == request_id):
+                    return resolution
+            return None
+
+        found = []
+        for state in batch.states:
+            if state.state == 'open':
+                found.append((state, match(state.instance_uuid,
+                                           state.request_id)))
+        uuids = sorted(by_instance)
+        for start in range(0, len(uuids), 500):
+            for row in conn.execute(_OPEN_OF_INSTANCES,
+                                    {'uuids': uuids[start:start + 500]}):
+                if row.id not in batch.by_id:
+                    found.append((row, match(row.instance_uuid,
+                                             row.request_id)))
+        untracked = []
+        for target, resolution in found:
+            if resolution is None:
+                continue
+            if isinstance(target, _IncidentState):
+                target.resolved = target.dirty = True
+            else:
+                untracked.append(target.id)
             LOG.info('Instance %s was built after all (%s): its open build '
                      'failure is a reschedule',
                      logsafe.escape(resolution.instance_uuid),
                      logsafe.escape(resolution.event_type))
-        return None
+        if untracked:
+            conn.execute(_RESOLVE_IDS, {'ids': untracked})
 
     # -- routing: called periodically ---------------------------------------
 
@@ -256,31 +489,49 @@ class Correlator:
 
         :returns: the number of deliveries written.
         """
-        written = self.store.write(lambda conn: self._route(conn, limit))
-        written += self.store.write(self._close_digests)
+        written, incident_due, digest_due = self.store.write(
+            lambda conn: self._route_cycle(conn, limit))
+        self._digest_due = digest_due
+        times = [t for t in (incident_due, digest_due) if t is not None]
+        #: When the next incident or digest is due, as routing last saw it.
+        self.next_due_at = min(times) if times else None
         if written:
             self.work_available.set()
         return written
 
+    def _route_cycle(self, conn, limit):
+        """One transaction: route, close digests, see what is due next."""
+        written = self._route(conn, limit)
+        due = self._digest_due
+        if due is None or due <= self.clock():
+            written += self._close_digests(conn)
+        return (written, conn.execute(_NEXT_INCIDENT).scalar(),
+                conn.execute(_NEXT_DIGEST).scalar())
+
+    def next_due(self):
+        """When the earliest open incident or collecting digest is due."""
+        def work(conn):
+            return [conn.execute(_NEXT_INCIDENT).scalar(),
+                    conn.execute(_NEXT_DIGEST).scalar()]
+        times = [t for t in self.store.read(work) if t is not None]
+        return min(times) if times else None
+
     def _route(self, conn, limit):
         now = self.clock()
-        inc = outbox.incidents
-        rows = conn.execute(sa.select(inc).where(
-            inc.c.state == 'open', inc.c.due_at <= now)
-            .order_by(inc.c.due_at).limit(limit)).all()
+        rows = conn.execute(_DUE, {'b_now': now, 'b_limit': limit}).all()
         written = 0
+        sent = {}       # receiver: single alerts in the current interval
         for row in rows:
-            written += self._route_one(conn, row, now)
+            written += self._route_one(conn, row, now, sent)
         return written
 
     def _finish(self, conn, row, state, note=None):
-        inc = outbox.incidents
-        result = conn.execute(inc.update().where(
-            inc.c.id == row.id, inc.c.state == 'open').values(
-                state=state, note=note, updated_at=self.clock()))
+        result = conn.execute(_FINISH, {
+            'b_id': row.id, 'b_state': state, 'b_note': note,
+            'b_updated_at': self.clock()})
         return result.rowcount == 1
 
-    def _route_one(self, conn, row, now):
+    def _route_one(self, conn, row, now, sent):
         records = [rec.from_dict(r) for r in outbox.loads(row.records)]
         incident = Incident(records)
         # A reschedule that succeeded: only build failures, none of which
@@ -303,63 +554,83 @@ class Correlator:
             return 0
         if not self._finish(conn, row, 'routed'):
             return 0      # another replica routed it
-        full = alert_mod.from_records(records, receiver='', rule=None,
-                                      include_details=True, incident=row.id)
-        full = alert_mod.with_count(full, row.message_count)
+        built = []
+
+        def alert_for(route):
+            # Built when needed: in a storm most incidents are only counted
+            # in a full digest.
+            if not built:
+                full = alert_mod.from_records(
+                    records, receiver='', rule=None, include_details=True,
+                    incident=row.id)
+                built.append(alert_mod.with_count(full, row.message_count))
+            alert = alert_mod.for_receiver(built[0], route.receiver, True)
+            return alert_mod.with_rule(alert, route.rule)
+
         written = 0
         for route in match.routes:
-            alert = alert_mod.for_receiver(full, route.receiver, True)
-            alert = alert_mod.with_rule(alert, route.rule)
-            if self._over_limit(conn, route.receiver, now):
-                self._add_to_digest(conn, route, alert, now)
+            if self._over_limit(conn, route.receiver, now, sent):
+                self._add_to_digest(conn, route, alert_for, now)
                 continue
-            written += self._insert_delivery(conn, row.id, route.receiver,
-                                             route.rule, 'single', alert,
-                                             now)
+            added = self._insert_delivery(conn, row.id, route.receiver,
+                                          route.rule, 'single',
+                                          alert_for(route), now)
+            sent[route.receiver] += added
+            written += added
         return written
 
-    def _over_limit(self, conn, receiver, now):
+    def _over_limit(self, conn, receiver, now, sent):
+        """Whether the receiver had its single alerts of the interval.
+
+        ``sent`` counts them per receiver during one routing transaction,
+        read from the outbox once per receiver.
+        """
         options = self.conf[outbox.GROUP]
         limit = options.max_alerts_per_interval
-        if not limit:
-            return False
-        dl = outbox.deliveries
-        sent = conn.execute(sa.select(sa.func.count()).select_from(dl).where(
-            dl.c.receiver == receiver, dl.c.kind == 'single',
-            dl.c.created_at >= now - options.group_interval)).scalar()
-        return sent >= limit
+        if receiver not in sent:
+            sent[receiver] = 0 if not limit else conn.execute(_SENT, {
+                'b_receiver': receiver,
+                'b_since': now - options.group_interval}).scalar()
+        return bool(limit) and sent[receiver] >= limit
 
     def _insert_delivery(self, conn, incident_id, receiver, rule, kind,
                          alert, now):
         try:
             with conn.begin_nested():
-                conn.execute(outbox.deliveries.insert().values(
-                    incident_id=incident_id, receiver=receiver, rule=rule,
-                    kind=kind, alert=outbox.dumps(alert_mod.to_dict(alert)),
-                    state='pending', attempts=0, created_at=now,
-                    next_attempt_at=now))
+                conn.execute(_INSERT_DELIVERY, {
+                    'incident_id': incident_id, 'receiver': receiver,
+                    'rule': rule, 'kind': kind,
+                    'alert': outbox.dumps(alert_mod.to_dict(alert)),
+                    'state': 'pending', 'attempts': 0, 'created_at': now,
+                    'next_attempt_at': now})
         except sa_exc.IntegrityError:
             return 0          # this receiver has it already
         return 1
 
-    def _add_to_digest(self, conn, route, alert, now):
+    def _add_to_digest(self, conn, route, alert_for, now):
         dg = outbox.digests
-        row = conn.execute(sa.select(dg).where(
-            dg.c.receiver == route.receiver, dg.c.state == 'collecting')
-        ).first()
-        member = alert_mod.to_dict(alert)
+        row = conn.execute(_COLLECTING_DIGEST,
+                           {'b_receiver': route.receiver}).first()
         if row is None:
             conn.execute(dg.insert().values(
                 id=str(uuid.uuid4()), receiver=route.receiver,
                 rule=route.rule, state='collecting',
-                members=outbox.dumps([member]), count=1, opened_at=now,
+                members=outbox.dumps([alert_mod.to_dict(alert_for(route))]),
+                count=1,
+                opened_at=now,
                 due_at=now + self.conf[outbox.GROUP].group_interval))
             return
-        members = outbox.loads(row.members)
+        if row.count >= self.conf[outbox.GROUP].digest_max_items:
+            # The digest lists enough incidents already: only count this
+            # one, without reading and rewriting the list.
+            conn.execute(_COUNT_IN_DIGEST, {'b_id': row.id})
+            return
+        members = outbox.loads(conn.execute(
+            _DIGEST_MEMBERS, {'b_id': row.id}).scalar())
         if len(members) < self.conf[outbox.GROUP].digest_max_items:
-            members.append(member)
-        conn.execute(dg.update().where(dg.c.id == row.id).values(
-            members=outbox.dumps(members), count=row.count + 1))
+            members.append(alert_mod.to_dict(alert_for(route)))
+        conn.execute(_ADD_TO_DIGEST, {'b_id': row.id,
+                                      'b_members': outbox.dumps(members)})
 
     def _close_digests(self, conn):
         now = self.clock()

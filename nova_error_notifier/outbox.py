@@ -155,6 +155,8 @@ deliveries = sa.Table(
     sa.Column('last_error', sa.Text, nullable=True),
     sa.UniqueConstraint('incident_id', 'receiver',
                         name='uniq_deliveries0incident_id0receiver'),
+    # Storm control counts a receiver's recent single alerts.
+    sa.Index('deliveries_receiver_created_at_idx', 'receiver', 'created_at'),
 )
 
 dead_letters = sa.Table(
@@ -242,15 +244,19 @@ class Store:
             if path and path != ':memory:':
                 os.makedirs(os.path.dirname(os.path.abspath(path)),
                             exist_ok=True)
+            # One connection for the whole process, used under one lock:
+            # SQLite has one writer at a time anyway, and a connection's
+            # page cache is only good until another connection writes.
+            # Several pooled connections taking turns would each re-read
+            # the pages the others changed, at every transaction.
             self.engine = sa.create_engine(
                 url, connect_args={'check_same_thread': False,
-                                   'timeout': 10})
+                                   'timeout': 10},
+                poolclass=sa.pool.StaticPool)
             sa.event.listen(self.engine, 'connect', _sqlite_pragmas)
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
-        # SQLite has one writer at a time: serialise writes here rather
-        # than let threads spin on SQLITE_BUSY.
-        self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._lock = threading.Lock() if self.is_sqlite else None
 
     @classmethod
     def from_conf(cls, conf):
@@ -289,12 +295,13 @@ class Store:
 
         :raises StoreUnavailable: when the database cannot be written.
         """
-        lock = self._write_lock or contextlib.nullcontext()
+        lock = self._lock or contextlib.nullcontext()
         with self._guard(), lock, self.engine.begin() as connection:
             return work(connection)
 
     def read(self, work):
-        with self._guard(), self.engine.connect() as connection:
+        lock = self._lock or contextlib.nullcontext()
+        with self._guard(), lock, self.engine.connect() as connection:
             return work(connection)
 
     def purge(self, retention):

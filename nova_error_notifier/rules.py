@@ -222,6 +222,7 @@ class RuleSet:
         self.rules = tuple(rules)
         self._by_event = collections.defaultdict(list)
         self._others = []
+        self._cache = {}
         for rule in self.rules:
             for name in rule.exact:
                 self._by_event[name].append(rule)
@@ -231,8 +232,29 @@ class RuleSet:
     def __len__(self):
         return len(self.rules)
 
+    #: Distinct (events, exception) outcomes remembered; the cache starts
+    #: over when full. Real traffic has few: event types times exceptions.
+    CACHE_SIZE = 4096
+
     def match(self, record):
-        events = record.events
+        """Rules and receivers for an incident or record.
+
+        The outcome depends only on the set of events and the exception,
+        and the rules never change (a reload makes a new RuleSet): it is
+        remembered, so that a storm of alike failures costs one match
+        against a thousand rules, not one per incident.
+        """
+        key = (frozenset(record.events), record.exception)
+        cache = self._cache
+        found = cache.get(key)
+        if found is None:
+            found = self._match(record.events, record.exception)
+            if len(cache) >= self.CACHE_SIZE:
+                cache.clear()
+            cache[key] = found
+        return found
+
+    def _match(self, events, exception):
         candidates = {}
         for event in events:
             for rule in self._by_event.get(event, ()):
@@ -242,7 +264,7 @@ class RuleSet:
         scored = []
         for rule in candidates.values():
             level = rule.specificity(events)
-            if level is None or not rule.accepts_exception(record.exception):
+            if level is None or not rule.accepts_exception(exception):
                 continue
             scored.append((-level, rule.order, rule))
         scored.sort(key=lambda item: item[:2])

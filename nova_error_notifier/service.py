@@ -24,6 +24,7 @@ from oslo_config import cfg
 from oslo_log import log
 import oslo_messaging
 from oslo_messaging.notify import listener as listener_mod
+import oslo_messaging.opts
 import stevedore
 
 from nova_error_notifier import config as config_mod
@@ -70,6 +71,23 @@ LISTENER_OPTS = [
                      'ERROR state (needs Nova\'s [notifications] '
                      'notify_on_state_change). Costs reading all INFO '
                      'traffic of the topics.'),
+    cfg.IntOpt('batch_size',
+               default=100,
+               min=1,
+               help='Most messages oslo.messaging\'s batch listener hands '
+                    'over at once. The error records of a batch are '
+                    'written to the outbox in one transaction, and its '
+                    'messages acknowledged after it committed. Unless '
+                    '[oslo_messaging_rabbit] rabbit_qos_prefetch_count is '
+                    'set, the service asks RabbitMQ for at most twice this '
+                    'many unacknowledged messages per queue (oslo.messaging '
+                    'alone sets no limit).'),
+    cfg.FloatOpt('batch_timeout',
+                 default=0.02,
+                 min=0.001,
+                 help='Longest wait, in seconds, for a batch to fill before '
+                      'the messages received so far are handled; it adds '
+                      'at most this much to the delay of an alert.'),
     cfg.IntOpt('stop_timeout',
                default=10,
                min=1,
@@ -78,8 +96,32 @@ LISTENER_OPTS = [
 ]
 
 
+#: Messages RabbitMQ may push ahead of acknowledgements, per consumer,
+#: unless [oslo_messaging_rabbit] rabbit_qos_prefetch_count says otherwise
+#: (oslo.messaging's default is no limit, which lets a storm's whole
+#: backlog into memory).
+PREFETCH_BATCHES = 2
+RABBIT_GROUP = 'oslo_messaging_rabbit'
+
+
 def register_opts(conf):
     conf.register_opts(LISTENER_OPTS, group='listener')
+
+
+def set_messaging_defaults(conf):
+    """Bound RabbitMQ's prefetch to two batches, unless configured.
+
+    oslo.messaging registers its driver options when the transport is
+    made; registering the same (equal) options first lets the service
+    change their default. A value in the configuration file still wins.
+    """
+    register_opts(conf)
+    for group, opts in oslo_messaging.opts.list_opts():
+        if group == RABBIT_GROUP:
+            conf.register_opts(opts, group=group)
+    conf.set_default('rabbit_qos_prefetch_count',
+                     PREFETCH_BATCHES * conf.listener.batch_size,
+                     group=RABBIT_GROUP)
 
 
 class StartupError(ValueError):
@@ -194,6 +236,7 @@ class Service:
             enricher=(enrich.Enricher(conf) if conf.enrichment.enabled
                       else None))
         self.endpoints = load_endpoints(conf, self.correlator.add)
+        set_messaging_defaults(conf)
         self.transport = make_transport(conf)
         listener_conf = conf.listener
         topics = [t.strip() for t in listener_conf.topics if t.strip()]
@@ -205,10 +248,13 @@ class Service:
             LOG.warning('[listener] pool is empty: the service shares '
                         'Nova\'s default notification queues and takes '
                         'messages away from their other consumers')
-        self.listener = listener_mod.NotificationServer(
+        self.listener = listener_mod.BatchNotificationServer(
             self.transport, targets,
-            endpoint_base.GuardedDispatcher(self.endpoints, None),
-            executor='threading', allow_requeue=True, pool=pool)
+            endpoint_base.BatchDispatcher(self.endpoints, None,
+                                          self.correlator.add_many),
+            executor='threading', allow_requeue=True, pool=pool,
+            batch_size=listener_conf.batch_size,
+            batch_timeout=listener_conf.batch_timeout)
         self.description = ('topics %s on exchange %s of %s, pool %s, '
                             'endpoints %s' % (
                                 ','.join(topics), listener_conf.exchange,
@@ -240,22 +286,42 @@ class Service:
                 LOG.info('Outbox purged: %s', ', '.join(
                     '%d %s' % (v, k) for k, v in sorted(counts.items())))
 
+    #: Longest sleep of the router: it also picks up incidents opened by
+    #: another replica, and runs the housekeeping.
+    ROUTER_IDLE = 1.0
+
     def _route_loop(self):
-        """Route incidents whose group_wait is over, until stopped."""
-        period = min(0.1, max(0.01, self.conf.correlation.group_wait / 10))
+        """Route incidents when their group_wait is over, until stopped.
+
+        The router sleeps until the earliest due incident or digest, or
+        until the listener opens a new incident.
+        """
         last_error = 0.0
         house = {'reclaim': time.monotonic()}
-        while not self._router_stop.wait(period):
+        correlator = self.correlator
+        woken = correlator.incident_opened
+        while not self._router_stop.is_set():
+            # Planning: a listener that opens an incident meanwhile wakes
+            # the router up again.
+            correlator.router_wakes_at = None
+            woken.clear()
+            delay = self.ROUTER_IDLE
             try:
-                self.correlator.route_due()
+                correlator.route_due()
                 self._housekeeping(house)
+                due = correlator.next_due_at
+                now = correlator.clock()
+                if due is not None:
+                    delay = min(delay, max(0.0, due - now))
             except outbox.StoreUnavailable as exc:
                 if time.monotonic() - last_error > 30:
                     LOG.error('Outbox unavailable, incidents wait: %s', exc)
                     last_error = time.monotonic()
             except Exception:
                 LOG.exception('Routing incidents failed')
-                self._router_stop.wait(1.0)
+            # After a failure too: then only the idle period wakes it.
+            correlator.router_wakes_at = correlator.clock() + delay
+            woken.wait(delay)
 
     def _start(self):
         try:
@@ -284,6 +350,7 @@ class Service:
         self.deliveries.start()
         self._router.start()
         LOG.info('Connecting to %s', self.description)
+
         # The broker may be unreachable: oslo.messaging then logs and
         # retries inside start(). Starting in a thread keeps this one free to
         # answer signals in the meantime.
@@ -330,6 +397,7 @@ class Service:
     def _stop_workers(self, timeout):
         """Stop routing and delivering; pending work stays in the outbox."""
         self._router_stop.set()
+        self.correlator.incident_opened.set()
         self._router.join(timeout)
         if not self.deliveries.stop(timeout):
             LOG.warning('Deliveries still in progress after %d s; they are '

@@ -41,8 +41,9 @@ class _Incoming:
         self.message = message
 
 
-@pytest.fixture(scope='module')
-def dispatch():
+@pytest.fixture(scope='module', params=['batch', 'single'])
+def dispatch(request):
+    """The service's batch dispatcher, and the one replay uses."""
     conf = cfg.ConfigOpts()
     opts.register_opts(conf)
     conf([], project='nova_error_notifier', default_config_files=[])
@@ -51,17 +52,55 @@ def dispatch():
     def sink(item):
         if isinstance(item, rec.ErrorRecord):
             records.append(item)
+
+    def sink_many(items):
+        for item in items:
+            sink(item)
     endpoints = service.load_endpoints(conf, sink)
-    dispatcher = endpoint_base.GuardedDispatcher(endpoints, None)
+    if request.param == 'batch':
+        dispatcher = endpoint_base.BatchDispatcher(endpoints, None,
+                                                   sink_many)
+    else:
+        dispatcher = endpoint_base.GuardedDispatcher(endpoints, None)
 
     def _dispatch(path):
         del records[:]
         messages = list(wire.read_file(path))
         assert len(messages) == 1, messages
         assert not isinstance(messages[0], wire.WireError), messages[0]
-        dispatcher.dispatch(_Incoming(messages[0].ctxt, messages[0].message))
+        incoming = _Incoming(messages[0].ctxt, messages[0].message)
+        if request.param == 'batch':
+            assert dispatcher.dispatch([incoming]) == set()
+        else:
+            dispatcher.dispatch(incoming)
         return list(records)
     return _dispatch
+
+
+def test_the_whole_corpus_in_one_batch_is_read_as_one_by_one():
+    """One batch of every file: the records of the files one at a time."""
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    conf([], project='nova_error_notifier', default_config_files=[])
+    single, batched, calls = [], [], []
+    endpoints = service.load_endpoints(conf, single.append)
+    plain = endpoint_base.GuardedDispatcher(endpoints, None)
+
+    def sink_many(items):
+        calls.append(len(items))
+        batched.extend(items)
+    batch = endpoint_base.BatchDispatcher(endpoints, None, sink_many)
+    incoming = []
+    for _, entry in ENTRIES:
+        assert not entry.get('missing'), entry['file']
+        for message in wire.read_file(shared_corpus.path_of(entry)):
+            incoming.append(_Incoming(message.ctxt, message.message))
+            plain.dispatch(incoming[-1])
+    assert batch.dispatch(incoming) == set()
+    assert calls == [len(single)]
+    assert len(single) >= sum(1 for _, e in ENTRIES if e['is_error'])
+    assert [dataclasses.asdict(i) for i in batched] == \
+        [dataclasses.asdict(i) for i in single]
 
 
 @pytest.fixture

@@ -301,7 +301,7 @@ class BrokenStore(outbox.Store):
         self.owner = 'test'
         self.is_sqlite = True
         self.engine = sa.create_engine(self.url)
-        self._write_lock = None
+        self._lock = None
 
 
 def test_manage_commands(world, tmp_path, capsys):
@@ -366,3 +366,105 @@ def test_a_late_instance_less_twin_joins_the_routed_incident(world):
     assert late == first
     clock.now += 10
     assert corr.route_due() == 0
+
+
+# -- one transaction per batch -----------------------------------------------
+
+def build_chain():
+    return [
+        record('compute.exception', 'b0', instance=None, synthetic=()),
+        record('compute.instance.create.error', 'b1', fmt='legacy'),
+        record('instance.create.error', 'b2', message='Build failed'),
+        record('compute.exception', 'b3', instance=None, synthetic=()),
+        record('instance.create.error', 'b2'),          # redelivered
+    ]
+
+
+def test_a_batch_makes_the_incidents_one_by_one_would(world, tmp_path):
+    conf, store, corr, pool, clock = world()
+    ids = corr.add_many(build_chain())
+    assert ids[:4] == [ids[0]] * 4 and ids[4] is None
+    [incident] = rows(store, 'incidents')
+    # The instance-less first record made the incident; the others joined
+    # it, and it learnt its instance.
+    assert incident['instance_uuid'] == UUID
+    assert incident['message_count'] == 4
+    assert len(rows(store, 'messages')) == 4
+    assert {r['incident_id'] for r in rows(store, 'messages')} == {ids[0]}
+    clock.now += 10
+    assert corr.route_due() == 2
+    drain(pool)
+    [(_, alert)] = Recorder.calls['a']
+    assert alert.count == 4 and alert.message == 'Build failed'
+
+
+def test_a_batch_sees_the_incidents_of_earlier_batches(world):
+    conf, store, corr, pool, clock = world()
+    [first] = corr.add_many([record('resize_instance', 'e1', fmt='legacy')])
+    again = corr.add_many([record('compute.exception', 'e2', instance=None,
+                                  synthetic=()),
+                           record('resize_instance', 'e1', fmt='legacy'),
+                           record('resize_instance', 'e3', fmt='legacy',
+                                  request_id='req-other')])
+    assert again[0] == first and again[1] is None
+    assert again[2] not in (None, first)
+    assert sorted(r['message_count'] for r in rows(store, 'incidents')) == \
+        [1, 2]
+
+
+def test_a_resolution_in_the_same_batch_suppresses_the_reschedule(world):
+    conf, store, corr, pool, clock = world()
+    corr.add_many([
+        record('compute.instance.create.error', 'r1'),
+        rec.Resolution(event_type='instance.create.end', instance_uuid=UUID,
+                       request_id=REQ),
+        record('instance.create.error', 'r2', instance='other-instance'),
+    ])
+    clock.now += 10
+    assert corr.route_due() == 2              # only the other instance
+    states = sorted((r['instance_uuid'], r['state'])
+                    for r in rows(store, 'incidents'))
+    assert states == sorted([('other-instance', 'routed'),
+                             (UUID, 'suppressed')])
+
+
+def test_a_resolution_of_another_request_resolves_nothing(world):
+    conf, store, corr, pool, clock = world()
+    corr.add_many([record('compute.instance.create.error', 'r1')])
+    corr.add_many([rec.Resolution(event_type='instance.create.end',
+                                  instance_uuid=UUID,
+                                  request_id='req-another-build')])
+    assert [r['resolved'] for r in rows(store, 'incidents')] == [0]
+    corr.add_many([rec.Resolution(event_type='instance.create.end',
+                                  instance_uuid=UUID, request_id=REQ)])
+    assert [r['resolved'] for r in rows(store, 'incidents')] == [1]
+    clock.now += 10
+    assert corr.route_due() == 0
+
+
+def test_a_failed_batch_leaves_nothing_behind(world, monkeypatch):
+    conf, store, corr, pool, clock = world()
+
+    def broken(*args, **kwargs):
+        raise outbox.sa_exc.OperationalError('INSERT', {},
+                                             Exception('disk I/O error'))
+    monkeypatch.setattr(correlate._Batch, 'flush', broken)
+    with pytest.raises(outbox.StoreUnavailable):
+        corr.add_many(build_chain())
+    assert rows(store, 'incidents') == [] and rows(store, 'messages') == []
+    monkeypatch.undo()
+    # Redelivered, the batch is stored in full.
+    assert corr.add_many(build_chain())[0] is not None
+    assert rows(store, 'incidents')[0]['message_count'] == 4
+
+
+def test_the_router_learns_when_the_next_incident_is_due(world):
+    conf, store, corr, pool, clock = world()
+    assert corr.next_due() is None
+    assert not corr.incident_opened.is_set()
+    corr.add_many([record('resize_instance', 'd1', fmt='legacy')])
+    assert corr.incident_opened.is_set()
+    assert corr.next_due() == clock.now + conf.correlation.group_wait
+    clock.now += 10
+    corr.route_due()
+    assert corr.next_due() is None

@@ -552,3 +552,38 @@ def test_thousand_rules_from_configuration(tmp_path):
     assert routes(ruleset.match(record('instance.777.x'))) == [
         ('r777', 'recv777')]
     assert routes(ruleset.match(record('event.999'))) == [('r0', 'recv0')]
+
+
+class _Seen:
+    def __init__(self, events, exception):
+        self.events = events
+        self.exception = exception
+
+
+def test_match_outcomes_are_remembered_by_events_and_exception(monkeypatch):
+    ruleset = rules.RuleSet([
+        rules.Rule('create', ['instance.create.error'], ['ops']),
+        rules.Rule('quota', ['*'], ['billing'],
+                   include_exceptions=['*Quota*']),
+        rules.Rule('rest', ['*'], ['oncall'], order=2)])
+    calls = []
+    real = ruleset._match
+
+    def counting(events, exception):
+        calls.append((tuple(events), exception))
+        return real(events, exception)
+    monkeypatch.setattr(ruleset, '_match', counting)
+    first = ruleset.match(_Seen(('instance.create.error', 'x'), 'NoValidHost'))
+    again = ruleset.match(_Seen(('x', 'instance.create.error'), 'NoValidHost'))
+    assert again is first and len(calls) == 1
+    assert [r.receiver for r in first.routes] == ['ops']
+    quota = ruleset.match(_Seen(('resize_instance',), 'OverQuota'))
+    other = ruleset.match(_Seen(('resize_instance',), 'MigrationError'))
+    assert [r.receiver for r in quota.routes] == ['billing']
+    assert [r.receiver for r in other.routes] == ['oncall']
+    assert len(calls) == 3
+    monkeypatch.setattr(rules.RuleSet, 'CACHE_SIZE', 3)
+    ruleset.match(_Seen(('a',), None))        # full: starts over
+    assert ruleset.match(_Seen(('resize_instance',), 'OverQuota')) \
+        is not quota
+    assert len(calls) == 5
