@@ -29,8 +29,9 @@ Storm control: per receiver, at most ``[delivery]
 max_alerts_per_interval`` single alerts per ``group_interval``; past that
 the incidents are folded into one digest per receiver and interval.
 
-Every change is one transaction in the outbox (:mod:`outbox`), committed
-before the bus message is acknowledged.
+What a batch of bus messages changes is one transaction in the outbox
+(:mod:`outbox`), committed before the messages are acknowledged; routing is
+another, run by the router thread when incidents or digests are due.
 """
 
 import collections
