@@ -468,3 +468,31 @@ def test_the_router_learns_when_the_next_incident_is_due(world):
     clock.now += 10
     corr.route_due()
     assert corr.next_due() is None
+
+
+def test_a_new_incident_wakes_the_router_only_if_due_earlier(world):
+    conf, store, corr, pool, clock = world()
+    wait = conf.correlation.group_wait
+    # The router sleeps until an incident due before the new one.
+    corr.router_wakes_at = clock.now + wait / 2
+    corr.add_many([record('resize_instance', 'w1', fmt='legacy')])
+    assert not corr.incident_opened.is_set()
+    # It sleeps longer than the new incident's window: woken.
+    corr.router_wakes_at = clock.now + wait * 2
+    corr.add_many([record('resize_instance', 'w2', fmt='legacy',
+                          request_id='req-w2')])
+    assert corr.incident_opened.is_set()
+    # While it plans (None), any new incident wakes it.
+    corr.incident_opened.clear()
+    corr.router_wakes_at = None
+    corr.add_many([record('resize_instance', 'w3', fmt='legacy',
+                          request_id='req-w3')])
+    assert corr.incident_opened.is_set()
+    # A message joining an open incident opens nothing: no wake.
+    corr.incident_opened.clear()
+    corr.add_many([record('compute.exception', 'w4', instance=None,
+                          synthetic=(), request_id='req-w3')])
+    assert not corr.incident_opened.is_set()
+    clock.now += wait + 1
+    assert corr.route_due() == 6
+    assert corr.next_due_at is None
