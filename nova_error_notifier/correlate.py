@@ -183,8 +183,8 @@ _SENT = sa.select(sa.func.count()).select_from(_dl).where(
 _INSERT_DELIVERY = _dl.insert()
 _NEXT_INCIDENT = sa.select(sa.func.min(_inc.c.due_at)).where(
     _inc.c.state == 'open')
-_NEXT_DIGEST = sa.select(sa.func.min(outbox.digests.c.due_at)).where(
-    outbox.digests.c.state == 'collecting')
+_NEXT_DIGEST = sa.select(sa.func.min(_dg.c.due_at)).where(
+    _dg.c.state == 'collecting')
 _INSERT_MESSAGE = outbox.messages.insert()
 
 
@@ -223,12 +223,6 @@ class _IncidentState:
             records.append(rec.to_dict(record))
         self.message_count += 1
         self.dirty = True
-
-    def resolves(self, resolution):
-        return (self.state == 'open' and
-                self.instance_uuid == resolution.instance_uuid and
-                (not resolution.request_id or
-                 self.request_id == resolution.request_id))
 
 
 class _Batch:
@@ -340,8 +334,10 @@ class Correlator:
     def add_many(self, items):
         """Record ErrorRecords and Resolutions durably, in one transaction.
 
-        Items are applied in order. Returns, per item, the incident id it
-        went to (None for a resolution or a message seen before).
+        Records are applied in order, then the resolutions (a build that
+        succeeded resolves the open incidents of its instance, in this
+        batch too). Returns, per item, the incident id it went to (None for
+        a resolution or a message seen before).
 
         :raises outbox.StoreUnavailable: the messages must be requeued.
         """

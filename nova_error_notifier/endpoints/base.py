@@ -197,27 +197,25 @@ class GuardedDispatcher(oslo_dispatcher.NotificationDispatcher):
 
     def dispatch(self, incoming):
         message = getattr(incoming, 'message', None)
-        priority = (message.get('priority', '')
-                    if isinstance(message, dict) else None)
-        if isinstance(priority, str):
+        reason = _envelope_problem(message)
+        if reason is None:
             try:
                 return super().dispatch(incoming)
             except Exception as exc:
                 reason = '%s: %s' % (type(exc).__name__,
                                      logsafe.escape(exc, 512))
-        elif isinstance(message, dict):
-            reason = 'priority is a %s, not a string' % (
-                type(priority).__name__)
-        else:
-            reason = 'the message is a %s, not an object' % (
-                type(message).__name__)
-        message_id = (message.get('message_id')
-                      if isinstance(message, dict) else None)
-        LOG.warning('Dropped unreadable notification message_id=%s: %s',
-                    logsafe.escape(message_id, 128), reason)
-        if self.on_drop is not None:
-            self.on_drop('unreadable: ' + reason)
+        _unreadable(message, reason, self.on_drop)
         return HANDLED
+
+
+def _envelope_problem(message):
+    """Why oslo.messaging cannot read this message's envelope, or None."""
+    if not isinstance(message, dict):
+        return 'the message is a %s, not an object' % type(message).__name__
+    priority = message.get('priority', '')
+    if not isinstance(priority, str):
+        return 'priority is a %s, not a string' % type(priority).__name__
+    return None
 
 
 def _unreadable(message, reason, on_drop):
@@ -289,13 +287,8 @@ class BatchDispatcher(oslo_dispatcher.BatchNotificationDispatcher):
     def _read(self, incoming):
         """(priority, message dict) of one incoming message, or None."""
         message = getattr(incoming, 'message', None)
-        if not isinstance(message, dict):
-            reason = 'the message is a %s, not an object' % (
-                type(message).__name__)
-        elif not isinstance(message.get('priority', ''), str):
-            reason = 'priority is a %s, not a string' % (
-                type(message.get('priority')).__name__)
-        else:
+        reason = _envelope_problem(message)
+        if reason is None:
             try:
                 priority, _, user = self._extract_user_message(incoming)
                 return priority, user
