@@ -188,6 +188,12 @@ _NEXT_DIGEST = sa.select(sa.func.min(_dg.c.due_at)).where(
 _INSERT_MESSAGE = outbox.messages.insert()
 
 
+def _due_times(conn):
+    """(earliest open incident, earliest collecting digest) due times."""
+    return (conn.execute(_NEXT_INCIDENT).scalar(),
+            conn.execute(_NEXT_DIGEST).scalar())
+
+
 class _IncidentState:
     """One incident as a batch of messages changes it, before it is written."""
 
@@ -502,15 +508,11 @@ class Correlator:
         due = self._digest_due
         if due is None or due <= self.clock():
             written += self._close_digests(conn)
-        return (written, conn.execute(_NEXT_INCIDENT).scalar(),
-                conn.execute(_NEXT_DIGEST).scalar())
+        return (written,) + _due_times(conn)
 
     def next_due(self):
         """When the earliest open incident or collecting digest is due."""
-        def work(conn):
-            return [conn.execute(_NEXT_INCIDENT).scalar(),
-                    conn.execute(_NEXT_DIGEST).scalar()]
-        times = [t for t in self.store.read(work) if t is not None]
+        times = [t for t in self.store.read(_due_times) if t is not None]
         return min(times) if times else None
 
     def _route(self, conn, limit):

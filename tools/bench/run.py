@@ -720,14 +720,19 @@ class Bench:
         result['path'] = path
         return result
 
-    # -- 2. latency ----------------------------------------------------------
-
-    def latency(self, messages):
-        args = self.args
+    def webhook_server(self):
+        """A started HTTP webhook receiver, stopped on the way out."""
         server = self.webhook.WebhookServer(mode='http',
                                             secret=WEBHOOK_SECRET)
         self.servers.append(server)
         server.start()
+        return server
+
+    # -- 2. latency ----------------------------------------------------------
+
+    def latency(self, messages):
+        args = self.args
+        server = self.webhook_server()
         vhost, url = self.new_vhost('latency')
         config = self.service_config(
             url, 'nova-error-notifier', '@STATE_DIR@',
@@ -1011,10 +1016,7 @@ class Bench:
     def storm(self, messages):
         args = self.args
         interval = args.group_interval
-        server = self.webhook.WebhookServer(mode='http',
-                                            secret=WEBHOOK_SECRET)
-        self.servers.append(server)
-        server.start()
+        server = self.webhook_server()
         vhost, url = self.new_vhost('storm')
         config = self.service_config(
             url, 'nova-error-notifier', '@STATE_DIR@',
