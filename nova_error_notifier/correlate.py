@@ -96,9 +96,13 @@ class Incident:
 
 
 def message_key(record):
-    """The record's message id, or a stable stand-in without one."""
+    """The record's message id, or a stable stand-in without one.
+
+    It fits the outbox's key column: a long id is hashed, never cut (two
+    ids sharing a prefix must not be taken for one message).
+    """
     if record.message_id:
-        return record.message_id[:255]
+        return outbox.fit_key(record.message_id)
     material = '|'.join(str(x) for x in (
         record.event_type, record.timestamp, record.request_id,
         record.publisher_id, record.instance_uuid, record.exception))
@@ -106,7 +110,13 @@ def message_key(record):
 
 
 def incident_key(request_id, instance_uuid):
-    return ('%s|%s' % (request_id, instance_uuid or ''))[:255]
+    return outbox.fit_key('%s|%s' % (request_id, instance_uuid or ''))
+
+
+def _ids(item):
+    """(request id, instance uuid) of a record, as the outbox keeps them."""
+    return outbox.fit_key(item.request_id), outbox.fit_key(
+        item.instance_uuid)
 
 
 def summarise(alerts, count, interval):
@@ -262,9 +272,10 @@ class _Batch:
                 if state.request_id == request_id]
 
     def open(self, key, record, group_wait):
+        request_id, instance_uuid = _ids(record)
         state = _IncidentState(
-            str(uuid.uuid4()), key, record.request_id, record.instance_uuid,
-            'open', [rec.to_dict(record)], 1, False, new=True,
+            str(uuid.uuid4()), key, request_id, instance_uuid, 'open',
+            [rec.to_dict(record)], 1, False, new=True,
             due_at=self.now + group_wait)
         self.by_id[state.id] = state
         self.by_key[key] = state
@@ -392,40 +403,41 @@ class Correlator:
         return seen
 
     def _find(self, conn, record, batch):
-        key = incident_key(record.request_id, record.instance_uuid)
+        request_id, instance_uuid = _ids(record)
+        key = incident_key(request_id, instance_uuid)
         state = batch.by_key.get(key)
         if state is not None:
             return state, key
         row = conn.execute(_BY_KEY, {'key': key}).first()
-        if row is not None or not record.request_id:
+        if row is not None or not request_id:
             return batch.track(row), key
-        if record.instance_uuid is None:
+        if instance_uuid is None:
             # compute.exception has no instance: join the incident of the
             # request, if there is exactly one, open or already routed: a
             # twin that arrives late must not make a second alert.
             found = {state.id: state
-                     for state in batch.of_request(record.request_id)}
+                     for state in batch.of_request(request_id)}
             for row in conn.execute(_BY_REQUEST,
-                                    {'request_id': record.request_id}):
+                                    {'request_id': request_id}):
                 state = batch.track(row)
                 found[state.id] = state
             if len(found) == 1:
                 return next(iter(found.values())), key
             return None, key
         # An instance-less incident of the same request learns its instance.
-        bare_key = incident_key(record.request_id, None)
+        bare_key = incident_key(request_id, None)
         bare = batch.by_key.get(bare_key)
         if bare is None:
             row = conn.execute(_BY_KEY, {'key': bare_key}).first()
             bare = batch.track(row)
         if bare is not None:
-            batch.rekey(bare, key, record.instance_uuid)
+            batch.rekey(bare, key, instance_uuid)
             return bare, key
         return None, key
 
     def _attach(self, conn, record, mkey, batch):
         if not record.request_id:
-            state, key = None, 'message|' + mkey[:240]
+            state, key = None, outbox.fit_key('message|' + mkey)
         else:
             state, key = self._find(conn, record, batch)
         if state is None:
@@ -449,12 +461,13 @@ class Correlator:
         """
         by_instance = collections.defaultdict(list)
         for resolution in resolutions:
-            by_instance[resolution.instance_uuid].append(resolution)
+            request_id, instance_uuid = _ids(resolution)
+            by_instance[instance_uuid].append((request_id, resolution))
 
         def match(instance_uuid, request_id):
-            for resolution in by_instance.get(instance_uuid, ()):
-                if (not resolution.request_id or
-                        resolution.request_id == request_id):
+            for resolved_request, resolution in by_instance.get(
+                    instance_uuid, ()):
+                if not resolved_request or resolved_request == request_id:
                     return resolution
             return None
 

@@ -38,6 +38,7 @@ from nova_error_notifier import alert as alert_mod
 from nova_error_notifier.drivers import base
 from nova_error_notifier import logsafe
 from nova_error_notifier import outbox
+from nova_error_notifier import redact
 
 LOG = log.getLogger(__name__)
 AUDIT = log.getLogger('nova_error_notifier.audit')
@@ -117,6 +118,7 @@ class DeliveryPool:
                 self.deliver(row)
             except Exception:
                 LOG.exception('Delivery %s failed unexpectedly', row.id)
+                self._release(row)
 
     # -- one delivery --------------------------------------------------------
 
@@ -145,11 +147,24 @@ class DeliveryPool:
         if receiver is None:
             return self._dead(row, attempt, 'receiver %r is not configured '
                               'any more' % row.receiver)
-        alert = alert_mod.from_dict(outbox.loads(row.alert))
-        if self.enricher is not None:
-            alert = self.enricher.enrich(alert)
-        alert = alert_mod.for_receiver(alert, receiver.name,
-                                       receiver.include_details)
+        try:
+            alert = alert_mod.from_dict(outbox.loads(row.alert))
+        except Exception as exc:
+            # Nothing later can read it either: one attempt, and dead.
+            return self._failed(row, attempt, base.DriverError(
+                'the stored alert cannot be read: %s: %s' % (
+                    type(exc).__name__, exc), retryable=False))
+        try:
+            if self.enricher is not None:
+                alert = self.enricher.enrich(alert)
+            alert = alert_mod.for_receiver(alert, receiver.name,
+                                           receiver.include_details)
+        except Exception as exc:
+            LOG.exception('Preparing %s %s for receiver %s failed',
+                          row.kind, row.incident_id, row.receiver)
+            return self._failed(row, attempt, base.DriverError(
+                'preparing the alert failed: %s: %s' % (
+                    type(exc).__name__, exc), retryable=True))
         try:
             receiver.driver.notify(alert)
         except base.DriverError as exc:
@@ -165,6 +180,26 @@ class DeliveryPool:
         self._audit(row, attempt, 'sent')
         return 'sent'
 
+    def _release(self, row):
+        """Hand a claimed delivery back after an unexpected failure.
+
+        It counts as an attempt and waits its backoff; if even that cannot
+        be written, the claim runs out after ``[delivery] lease`` and the
+        housekeeping hands it back.
+        """
+        attempt = row.attempts + 1
+        dl = outbox.deliveries
+        try:
+            self.store.write(lambda conn: conn.execute(dl.update().where(
+                dl.c.id == row.id, dl.c.state == 'in_flight',
+                dl.c.claimed_by == self.store.owner).values(
+                    state='pending', attempts=attempt, claimed_by=None,
+                    claimed_until=None,
+                    next_attempt_at=self.clock() + self.backoff(attempt))))
+        except Exception as exc:
+            LOG.error('Delivery %s stays claimed until its lease ends: %s',
+                      row.id, logsafe.escape(exc, 300))
+
     def backoff(self, attempt, retry_after=None):
         """Seconds before attempt ``attempt + 1`` (exponential, jittered)."""
         options = self.options
@@ -177,7 +212,9 @@ class DeliveryPool:
 
     def _failed(self, row, attempt, error):
         now = self.clock()
-        reason = logsafe.escape(error, 500)
+        # Any driver's message: a URL's password or query token masked
+        # before it reaches the log, the audit line and the dead letters.
+        reason = logsafe.escape(redact.text(error), 500)
         deadline = row.created_at + self.options.retry_deadline
         if error.retryable:
             delay = self.backoff(attempt, error.retry_after)

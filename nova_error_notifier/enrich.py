@@ -25,6 +25,14 @@ alert with an instance uuid is completed, before delivery, with:
   2.62), details (2.84) and traceback (admins);
 * the project's and user's names, from Keystone.
 
+Only well-formed ids are sent: the instance uuid must be a canonical UUID
+(8-4-4-4-12 hex digits), the request id ``req-<uuid>``, the project and
+user ids short runs of letters, digits, ``-`` and ``_``. They come from
+the bus, and a value such as ``../../os-hypervisors`` or
+``x?all_tenants=1`` must not become another API call: an id that is not
+well-formed is not asked about, and the alert says so in its
+``enrichment_note`` (a bad request id only skips the action call).
+
 All of it within ``[enrichment] timeout`` seconds per incident: on a
 timeout, 403, 404 or any error the alert goes out without it, marked not
 enriched, with one log line saying why. Answers are cached for
@@ -34,6 +42,7 @@ server or project does not hammer the APIs.
 
 from concurrent import futures
 import dataclasses
+import re
 import threading
 import time
 from urllib import parse
@@ -88,6 +97,36 @@ ENRICHMENT_OPTS = [
 
 #: Longest text kept of a fault's details or an event's traceback.
 MAX_TEXT = 8192
+
+_UUID_RE = re.compile(r'[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-'
+                      r'[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z')
+_REQUEST_ID_RE = re.compile(r'req-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-'
+                            r'[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-'
+                            r'[0-9a-fA-F]{12}\Z')
+#: Keystone ids: 32 hex digits by default, other drivers (LDAP, federation)
+#: make ids of their own, never with a '/', '?', '%', '.' or space.
+_KEYSTONE_ID_RE = re.compile(r'[A-Za-z0-9_-]{1,64}\Z')
+
+#: Notes of the ids that are not asked about.
+BAD_INSTANCE = "instance id is not a UUID: Nova's API was not asked"
+BAD_REQUEST = ("request id is not req-<uuid>: the request's actions were "
+               "not asked for")
+BAD_KEYSTONE_ID = "%s id is not a Keystone id: Keystone was not asked"
+
+
+def is_uuid(value):
+    """True for a canonical UUID (8-4-4-4-12 hex digits)."""
+    return isinstance(value, str) and bool(_UUID_RE.match(value))
+
+
+def is_request_id(value):
+    """True for ``req-<uuid>``, the request ids Nova makes."""
+    return isinstance(value, str) and bool(_REQUEST_ID_RE.match(value))
+
+
+def is_keystone_id(value):
+    """True for an id Keystone could have made (no path or query parts)."""
+    return isinstance(value, str) and bool(_KEYSTONE_ID_RE.match(value))
 
 
 def register_opts(conf):
@@ -201,6 +240,28 @@ class Enricher:
     def _collect(self, alert, deadline):
         found = {}
         notes = []
+        if is_uuid(alert.instance_uuid):
+            self._collect_server(alert, deadline, found, notes)
+        else:
+            notes.append(BAD_INSTANCE)
+        for kind, key, ident in (('project', 'project_name',
+                                  alert.project_id),
+                                 ('user', 'user_name', alert.user_id)):
+            if not ident or getattr(alert, key):
+                continue
+            if not is_keystone_id(ident):
+                notes.append(BAD_KEYSTONE_ID % kind)
+                continue
+            try:
+                found[key] = (self._get('identity', '/%ss/%s' % (
+                    kind, parse.quote(ident, safe='')), deadline)
+                    .get(kind) or {}).get('name')
+            except _Skip as exc:
+                notes.append(str(exc))
+        return found, notes
+
+    def _collect_server(self, alert, deadline, found, notes):
+        """The server, its fault and the request's action (valid ids)."""
         uuid = parse.quote(alert.instance_uuid, safe='')
         try:
             server = self._get('compute', '/servers/%s' % uuid,
@@ -224,7 +285,9 @@ class Enricher:
                 }
         except _Skip as exc:
             notes.append(str(exc))
-        if alert.request_id:
+        if alert.request_id and not is_request_id(alert.request_id):
+            notes.append(BAD_REQUEST)
+        elif alert.request_id:
             try:
                 action = self._get(
                     'compute', '/servers/%s/os-instance-actions/%s' % (
@@ -247,17 +310,6 @@ class Enricher:
                 }
             except _Skip as exc:
                 notes.append(str(exc))
-        for kind, key, ident in (('project', 'project_name',
-                                  alert.project_id),
-                                 ('user', 'user_name', alert.user_id)):
-            if ident and not getattr(alert, key):
-                try:
-                    found[key] = (self._get('identity', '/%ss/%s' % (
-                        kind, parse.quote(ident, safe='')), deadline)
-                        .get(kind) or {}).get('name')
-                except _Skip as exc:
-                    notes.append(str(exc))
-        return found, notes
 
     def enrich(self, alert):
         """The alert with what the APIs say, or marked not enriched.

@@ -20,12 +20,57 @@ import logging
 import re
 import sys
 
-# C0 and C1 control characters, DEL, the Unicode line/paragraph separators
-# that some log viewers treat as line breaks, and the invisible format
-# characters (zero-width, bidirectional overrides and isolates) that can make
-# a line display differently from what it says.
-_UNSAFE_RE = re.compile('[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e'
-                        '\u2060-\u2069\ufeff]')
+# Every character of the Unicode categories Cc (C0 and C1 controls, DEL),
+# Cf (invisible format characters: soft hyphen, zero-width characters,
+# bidirectional marks, overrides and isolates, the Arabic and Syriac
+# number signs, interlinear annotation, the tag characters...), Zl and Zp
+# (the line and paragraph separators that some viewers treat as line
+# breaks). A newline must not forge a line, and an invisible character must
+# not make a line display differently from what it says.
+#
+# The ranges are written out (no walk over every code point at import):
+# they cover those categories up to Unicode 15.1, and
+# tests/unit/test_logsafe.py checks them against the running Python's
+# unicodedata. A range may hold a few unassigned code points around the
+# format characters (U+2065, U+E0000, U+E0002-U+E001F): they are never text.
+UNSAFE_RANGES = (
+    (0x0000, 0x001f),     # C0 controls
+    (0x007f, 0x009f),     # DEL, C1 controls (NEL...)
+    (0x00ad, 0x00ad),     # soft hyphen
+    (0x0600, 0x0605),     # Arabic number signs
+    (0x061c, 0x061c),     # Arabic letter mark
+    (0x06dd, 0x06dd),     # Arabic end of ayah
+    (0x070f, 0x070f),     # Syriac abbreviation mark
+    (0x0890, 0x0891),     # Arabic pound and piastre marks above
+    (0x08e2, 0x08e2),     # Arabic disputed end of ayah
+    (0x180e, 0x180e),     # Mongolian vowel separator
+    (0x200b, 0x200f),     # zero-width space/(non-)joiner, LRM, RLM
+    (0x2028, 0x202e),     # line/paragraph separators, bidi embeddings
+    (0x2060, 0x206f),     # word joiner, invisible operators, isolates
+    (0xfeff, 0xfeff),     # zero-width no-break space (BOM)
+    (0xfff9, 0xfffb),     # interlinear annotation
+    (0x110bd, 0x110bd),   # Kaithi number sign
+    (0x110cd, 0x110cd),   # Kaithi number sign above
+    (0x13430, 0x1343f),   # Egyptian hieroglyph format controls
+    (0x1bca0, 0x1bca3),   # shorthand format controls
+    (0x1d173, 0x1d17a),   # musical symbol beam, tie, slur, phrase
+    (0xe0000, 0xe007f),   # tag characters
+)
+
+
+def char_class(ranges):
+    """A regular expression character class (``[...]``) of code points.
+
+    :param ranges: (first, last) pairs of code points, both included.
+    """
+    return '[%s]' % ''.join(
+        '\\U%08x' % first if first == last else
+        '\\U%08x-\\U%08x' % (first, last) for first, last in ranges)
+
+
+#: The class of every unsafe character, as a regular expression.
+UNSAFE_CLASS = char_class(UNSAFE_RANGES)
+_UNSAFE_RE = re.compile(UNSAFE_CLASS)
 _QUOTE_RE = re.compile(r'[\s"\\=]')
 _NAMED = {'\n': '\\n', '\r': '\\r', '\t': '\\t'}
 
@@ -38,7 +83,9 @@ def _replace(match):
     code = ord(char)
     if code <= 0xff:
         return '\\x%02x' % code
-    return '\\u%04x' % code
+    if code <= 0xffff:
+        return '\\u%04x' % code
+    return '\\U%08x' % code
 
 
 def _text(value, limit):

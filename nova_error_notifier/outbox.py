@@ -29,12 +29,28 @@ the default SQLite file (WAL mode) as well as on MySQL or PostgreSQL:
   once;
 * ``dead_letters``: deliveries that failed for good, with the reason;
 * ``digests``: per receiver, the incidents folded together during one
-  ``[delivery] group_interval`` once the receiver's limit is reached.
+  ``[delivery] group_interval`` once the receiver's limit is reached;
+* ``rejected_messages``: bus messages that could not be stored after a few
+  tries (see :mod:`nova_error_notifier.endpoints.base`), kept with the
+  reason and their error record so that nothing is lost without a trace
+  (``nova-error-notifier-manage rejected list``).
+
+Every value fits its column on every backend before it is written:
+identifiers longer than their column, or holding control characters, are
+replaced by a hash (:func:`fit_key`), so that two different ids never share
+a cut prefix; display texts are cut and cleaned (:func:`fit_text`).
+
+Database errors are told apart: a lost connection, a lock timeout or a
+deadlock raise :class:`StoreUnavailable` (try again later); anything else
+raises :class:`StoreError` (this write cannot succeed as it is).
 """
 
 import contextlib
+import hashlib
 import json
 import os
+import re
+import stat
 import threading
 import time
 import uuid
@@ -42,9 +58,11 @@ import uuid
 from oslo_config import cfg
 from oslo_log import log
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy import exc as sa_exc
 
 from nova_error_notifier import record as rec
+from nova_error_notifier import redact
 
 LOG = log.getLogger(__name__)
 
@@ -114,6 +132,49 @@ DELIVERY_OPTS = [
 
 metadata = sa.MetaData()
 
+#: Text of JSON documents (records, alerts, digest members): MySQL's TEXT
+#: stops at 64 KiB, MEDIUMTEXT at 16 MiB.
+JSONText = sa.Text().with_variant(mysql.MEDIUMTEXT(), 'mysql')
+#: Length of the identifier and name columns.
+KEY_LENGTH = 255
+#: Longest display text kept in a Text column (a MySQL TEXT holds 65,535
+#: bytes: 16,000 characters of up to four bytes).
+MAX_TEXT = 16000
+_HASHED = 'sha256:'
+_KEY_UNSAFE_RE = re.compile('[\x00-\x1f\x7f-\x9f]')
+_NUL_RE = re.compile('[\x00\ud800-\udfff]')
+
+
+def fit_key(value, length=KEY_LENGTH):
+    """An identifier that fits a ``String(length)`` key column.
+
+    Short, clean values are kept as they are; a longer one, or one with
+    control characters (a NUL byte, which PostgreSQL refuses), or one that
+    looks like a hash already, becomes ``sha256:<hex>`` of the whole value:
+    two different ids never map to one key, as a cut prefix would.
+    """
+    if value is None:
+        return None
+    value = str(value)
+    if len(value) <= length and not value.startswith(_HASHED) and \
+            not _KEY_UNSAFE_RE.search(value) and \
+            not _NUL_RE.search(value):
+        return value
+    return _HASHED + hashlib.sha256(
+        value.encode('utf-8', 'surrogatepass')).hexdigest()
+
+
+def fit_text(value, length=MAX_TEXT):
+    """A display text cut to ``length`` characters, NUL bytes escaped."""
+    if value is None:
+        return None
+    value = _NUL_RE.sub(lambda m: '\\x%02x' % ord(m.group(0))
+                        if m.group(0) == '\x00' else '\ufffd', str(value))
+    if len(value) > length:
+        value = value[:length - 3] + '...'
+    return value
+
+
 messages = sa.Table(
     'messages', metadata,
     sa.Column('message_id', sa.String(255), primary_key=True),
@@ -128,7 +189,7 @@ incidents = sa.Table(
     sa.Column('request_id', sa.String(255), nullable=True, index=True),
     sa.Column('instance_uuid', sa.String(255), nullable=True, index=True),
     sa.Column('state', sa.String(16), nullable=False, index=True),
-    sa.Column('records', sa.Text, nullable=False),
+    sa.Column('records', JSONText, nullable=False),
     sa.Column('message_count', sa.Integer, nullable=False, default=1),
     sa.Column('resolved', sa.Boolean, nullable=False, default=False),
     sa.Column('opened_at', sa.Float, nullable=False),
@@ -144,7 +205,7 @@ deliveries = sa.Table(
     sa.Column('receiver', sa.String(255), nullable=False),
     sa.Column('rule', sa.String(255), nullable=True),
     sa.Column('kind', sa.String(16), nullable=False, default='single'),
-    sa.Column('alert', sa.Text, nullable=False),
+    sa.Column('alert', JSONText, nullable=False),
     sa.Column('state', sa.String(16), nullable=False, index=True),
     sa.Column('attempts', sa.Integer, nullable=False, default=0),
     sa.Column('created_at', sa.Float, nullable=False),
@@ -175,15 +236,52 @@ digests = sa.Table(
     sa.Column('receiver', sa.String(255), nullable=False),
     sa.Column('rule', sa.String(255), nullable=True),
     sa.Column('state', sa.String(16), nullable=False, index=True),
-    sa.Column('members', sa.Text, nullable=False),
+    sa.Column('members', JSONText, nullable=False),
     sa.Column('count', sa.Integer, nullable=False),
     sa.Column('opened_at', sa.Float, nullable=False),
     sa.Column('due_at', sa.Float, nullable=False),
 )
 
 
+rejected_messages = sa.Table(
+    'rejected_messages', metadata,
+    sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column('message_key', sa.String(255), nullable=False, unique=True),
+    sa.Column('event_type', sa.String(255), nullable=True),
+    sa.Column('priority', sa.String(16), nullable=True),
+    sa.Column('publisher_id', sa.String(255), nullable=True),
+    sa.Column('reason', sa.Text, nullable=True),
+    sa.Column('attempts', sa.Integer, nullable=False, default=1),
+    sa.Column('first_seen', sa.Float, nullable=False, index=True),
+    sa.Column('last_seen', sa.Float, nullable=False),
+    #: The error record (JSON, ASCII), or what could be read of it.
+    sa.Column('body', JSONText, nullable=True),
+)
+
+
 class StoreUnavailable(rec.RetryLater):
-    """The outbox cannot be written now; the message must be requeued."""
+    """The outbox cannot be written now; the message must be requeued.
+
+    A lost connection, a lock wait timeout, a deadlock, a full pool: trying
+    again later can succeed.
+    """
+
+
+class StoreError(Exception):
+    """This write cannot succeed as it is.
+
+    An integrity or data error, a value the driver refuses, a bug: the same
+    write will fail again. ``retryable`` is set for a unique key another
+    writer took first, which a later try may get past.
+    """
+
+    def __init__(self, message, retryable=False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class StoreConfigError(ValueError):
+    """The outbox cannot be opened safely as configured."""
 
 
 def register_opts(conf):
@@ -200,7 +298,7 @@ SYSTEM_STATE_DIR = '/var/lib/nova-error-notifier'
 def default_state_dir():
     """/var/lib/nova-error-notifier where it can be used, else per user."""
     try:
-        os.makedirs(SYSTEM_STATE_DIR, exist_ok=True)
+        os.makedirs(SYSTEM_STATE_DIR, mode=0o700, exist_ok=True)
         if os.access(SYSTEM_STATE_DIR, os.W_OK | os.X_OK):
             return SYSTEM_STATE_DIR
     except OSError:
@@ -217,6 +315,62 @@ def connection_url(conf):
     state_dir = options.state_dir or default_state_dir()
     return 'sqlite:///' + os.path.join(os.path.abspath(state_dir),
                                        'nova_error_notifier.sqlite')
+
+
+def _private_dir(path):
+    """Create ``path`` 0700, or tighten it; refuse a shared directory."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.stat(path)
+    except OSError as exc:
+        raise StoreConfigError('outbox directory %s: %s' % (
+            path, exc.strerror or exc))
+    mode = stat.S_IMODE(info.st_mode)
+    if not mode & 0o077:
+        return
+    if mode & (stat.S_ISVTX | 0o002) or info.st_uid != os.geteuid():
+        raise StoreConfigError(
+            'outbox directory %s (mode %04o, owner uid %d) can be read or '
+            'written by other users: give the outbox a directory of its own '
+            '([delivery] state_dir), owned by the service\'s user, mode 0700'
+            % (path, mode, info.st_uid))
+    os.chmod(path, 0o700)
+    LOG.warning('Outbox directory %s had mode %04o: tightened to 0700',
+                path, mode)
+
+
+def _private_file(path, create=False):
+    """Make the file ``path`` 0600 (creating it empty if asked)."""
+    if create:
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise StoreConfigError('outbox file %s: %s' % (
+                path, exc.strerror or exc))
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    mode = stat.S_IMODE(info.st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise StoreConfigError(
+            'outbox file %s has mode %04o and cannot be made private: %s'
+            % (path, mode, exc.strerror or exc))
+    LOG.warning('Outbox file %s had mode %04o: tightened to 0600', path,
+                mode)
+
+
+def sqlite_path(url):
+    """The file of a SQLite URL, or None (in memory)."""
+    path = url.split(':///', 1)[1] if ':///' in url else ''
+    path = path.split('?', 1)[0]
+    if not path or path == ':memory:' or path.startswith('file:'):
+        return None
+    return os.path.abspath(path)
 
 
 def _sqlite_pragmas(dbapi_connection, connection_record):
@@ -239,11 +393,16 @@ class Store:
         self.clock = clock
         self.owner = '%s-%s' % (os.getpid(), uuid.uuid4().hex[:8])
         self.is_sqlite = url.startswith('sqlite')
+        self._secrets = redact.url_secrets(url)
+        self.path = sqlite_path(url) if self.is_sqlite else None
+        if self.path:
+            # The outbox holds what tenants' failures say: 0700 and 0600
+            # whatever the umask.
+            _private_dir(os.path.dirname(self.path))
+            _private_file(self.path, create=True)
+            for suffix in ('-wal', '-shm', '-journal'):
+                _private_file(self.path + suffix)
         if self.is_sqlite:
-            path = url.split(':///', 1)[1] if ':///' in url else ''
-            if path and path != ':memory:':
-                os.makedirs(os.path.dirname(os.path.abspath(path)),
-                            exist_ok=True)
             # One connection for the whole process, used under one lock:
             # SQLite has one writer at a time anyway, and a connection's
             # page cache is only good until another connection writes.
@@ -263,32 +422,68 @@ class Store:
         return cls(connection_url(conf))
 
     def create_schema(self):
-        metadata.create_all(self.engine)
+        with self._guard():
+            metadata.create_all(self.engine)
+        if self.path:
+            # SQLite makes -wal and -shm with the database's mode; make
+            # sure of it.
+            for suffix in ('', '-wal', '-shm'):
+                _private_file(self.path + suffix)
 
     def describe(self):
-        """The database URL without its password."""
-        try:
-            return sa.engine.make_url(self.url).render_as_string(
-                hide_password=True)
-        except Exception:
-            return '(unparsable URL)'
+        """The database URL, its password and query secrets masked."""
+        return redact.url(self.url)
+
+    def scrub(self, text):
+        """``text`` without the database's password or URL secrets."""
+        return redact.text(text, self._secrets)
 
     # -- transactions --------------------------------------------------------
 
-    @staticmethod
-    @contextlib.contextmanager
-    def _guard():
-        """Any database failure becomes StoreUnavailable.
+    #: Errors that a later try can get past: the connection, a lock, a
+    #: deadlock, a full pool.
+    TRANSIENT = (sa_exc.OperationalError, sa_exc.InterfaceError,
+                 sa_exc.DisconnectionError, sa_exc.TimeoutError, OSError)
 
-        An integrity error too: the caller requeues the message rather than
-        acknowledge it unstored.
+    @contextlib.contextmanager
+    def _guard(self):
+        """Database failures become StoreUnavailable or StoreError.
+
+        Nothing else escapes: the caller either requeues the message
+        (StoreUnavailable) or keeps it as rejected (StoreError), and never
+        acknowledges it unstored.
         """
         try:
             yield
-        except (sa_exc.DBAPIError, sa_exc.DisconnectionError,
-                OSError) as exc:
-            raise StoreUnavailable('%s: %s' % (type(exc).__name__,
-                                               str(exc).split('\n')[0]))
+        except (StoreUnavailable, StoreError):
+            raise
+        except self.TRANSIENT as exc:
+            raise StoreUnavailable(self._reason(exc))
+        except sa_exc.IntegrityError as exc:
+            raise StoreError(self._reason(exc), retryable=True)
+        except sa_exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable(self._reason(exc))
+            raise StoreError(self._reason(exc))
+        except Exception as exc:
+            raise StoreError(self._reason(exc))
+
+    def _reason(self, exc):
+        orig = getattr(exc, 'orig', None)
+        name = type(orig if orig is not None else exc).__name__
+        text = str(orig if orig is not None else exc).split('\n')[0]
+        return fit_text(self.scrub('%s: %s' % (name, text)), 500)
+
+    def ping(self):
+        """Whether the outbox answers at all.
+
+        Tells a message that cannot be stored from a database that is down.
+        """
+        try:
+            self.read(lambda conn: conn.execute(sa.text('SELECT 1')).scalar())
+        except (StoreUnavailable, StoreError):
+            return False
+        return True
 
     def write(self, work):
         """Run ``work(connection)`` in one transaction and return its value.
@@ -379,6 +574,61 @@ class Store:
             return conn.execute(query).rowcount
         return self.write(work)
 
+    # -- rejected messages --------------------------------------------------
+
+    def add_rejected(self, message_key, reason, event_type=None,
+                     priority=None, publisher_id=None, body=None):
+        """Keep a message that could not be stored; return its row id.
+
+        A message rejected again (redelivered by another replica) counts
+        one more attempt on its row.
+        """
+        now = self.clock()
+        rt = rejected_messages
+        key = fit_key(message_key or 'unknown:%s' % uuid.uuid4())
+        values = {
+            'event_type': fit_text(event_type, KEY_LENGTH),
+            'priority': fit_text(priority, 16),
+            'publisher_id': fit_text(publisher_id, KEY_LENGTH),
+            'reason': fit_text(reason, 2000),
+            'body': fit_text(body, 1000000),
+        }
+
+        def work(conn):
+            row = conn.execute(sa.select(rt.c.id).where(
+                rt.c.message_key == key)).first()
+            if row is not None:
+                conn.execute(rt.update().where(rt.c.id == row.id).values(
+                    attempts=rt.c.attempts + 1, last_seen=now,
+                    reason=values['reason']))
+                return row.id
+            return conn.execute(rt.insert().values(
+                message_key=key, attempts=1, first_seen=now, last_seen=now,
+                **values)).inserted_primary_key[0]
+        return self.write(work)
+
+    def rejected(self):
+        """Every rejected message, oldest first, as dicts."""
+        rt = rejected_messages
+        return self.read(lambda conn: [
+            dict(row._mapping) for row in conn.execute(
+                sa.select(rt).order_by(rt.c.first_seen, rt.c.id))])
+
+    def rejected_one(self, rejected_id):
+        rt = rejected_messages
+        row = self.read(lambda conn: conn.execute(
+            sa.select(rt).where(rt.c.id == rejected_id)).first())
+        return dict(row._mapping) if row is not None else None
+
+    def purge_rejected(self, ids=None):
+        """Forget rejected messages (all, or those ids); return how many."""
+        def work(conn):
+            query = rejected_messages.delete()
+            if ids:
+                query = query.where(rejected_messages.c.id.in_(ids))
+            return conn.execute(query).rowcount
+        return self.write(work)
+
     def counts(self):
         def work(conn):
             result = {}
@@ -388,15 +638,27 @@ class Store:
                         sa.select(column, sa.func.count())
                         .group_by(column)):
                     result['%s.%s' % (table.name, state)] = count
-            result['dead_letters'] = conn.execute(
-                sa.select(sa.func.count()).select_from(dead_letters)
-            ).scalar()
+            for table in (dead_letters, rejected_messages):
+                result[table.name] = conn.execute(
+                    sa.select(sa.func.count()).select_from(table)).scalar()
             return result
         return self.read(work)
 
 
 def dumps(value):
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    """JSON text for a JSON column; always valid UTF-8.
+
+    Control characters (a NUL byte) are escaped by JSON itself; a lone
+    surrogate, which no database can store as UTF-8, makes the whole
+    document ASCII with escapes.
+    """
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if not text.isascii():
+        try:
+            text.encode('utf-8')
+        except UnicodeEncodeError:
+            text = json.dumps(value, ensure_ascii=True, sort_keys=True)
+    return text
 
 
 def loads(text):

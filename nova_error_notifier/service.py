@@ -34,6 +34,7 @@ from nova_error_notifier.endpoints import base as endpoint_base
 from nova_error_notifier import enrich
 from nova_error_notifier import logsafe
 from nova_error_notifier import outbox
+from nova_error_notifier import redact
 
 LOG = log.getLogger(__name__)
 
@@ -93,6 +94,17 @@ LISTENER_OPTS = [
                min=1,
                help='Seconds to wait for messages in progress when the '
                     'service is asked to stop.'),
+    cfg.IntOpt('max_store_attempts',
+               default=endpoint_base.MAX_STORE_ATTEMPTS,
+               min=1,
+               help='Tries of a message whose error cannot be stored while '
+                    'the outbox is up (a lock or unique-key conflict that '
+                    'does not pass) before it is kept as a rejected message '
+                    'and acknowledged ("nova-error-notifier-manage rejected '
+                    'list"). A message that can never be stored (a value '
+                    'the database refuses) is rejected at once; while the '
+                    'outbox is down, messages go back to the queue without '
+                    'counting.'),
 ]
 
 
@@ -184,15 +196,33 @@ def describe_transport(conf, transport):
 
 def open_store(conf):
     """The outbox, its schema created; a broken one raises StartupError."""
+    url = outbox.connection_url(conf)
     try:
-        store = outbox.Store.from_conf(conf)
+        store = outbox.Store(url)
         store.create_schema()
+    except outbox.StoreConfigError as exc:
+        raise StartupError('[delivery] %s' % redact.text(
+            exc, redact.url_secrets(url)))
     except Exception as exc:
-        # The message of a database error does not hold the password.
+        # Database drivers repeat the URL (and its password) in some
+        # messages: masked.
         raise StartupError('[delivery] the outbox database is not usable: '
-                           '%s: %s' % (type(exc).__name__,
-                                       str(exc).split('\n')[0]))
+                           '%s: %s' % (type(exc).__name__, redact.text(
+                               str(exc).split('\n')[0],
+                               redact.url_secrets(url))))
     return store
+
+
+def reject(store):
+    """How the listener keeps a message it cannot store."""
+    def _reject(key, reason, item, metadata):
+        metadata = metadata if isinstance(metadata, dict) else {}
+        store.add_rejected(
+            key, reason, event_type=getattr(item, 'event_type', None),
+            priority=getattr(item, 'priority', None),
+            publisher_id=getattr(item, 'publisher_id', None),
+            body=endpoint_base.record_json(item))
+    return _reject
 
 
 def make_transport(conf):
@@ -250,8 +280,10 @@ class Service:
                         'messages away from their other consumers')
         self.listener = listener_mod.BatchNotificationServer(
             self.transport, targets,
-            endpoint_base.BatchDispatcher(self.endpoints, None,
-                                          self.correlator.add_many),
+            endpoint_base.BatchDispatcher(
+                self.endpoints, None, self.correlator.add_many,
+                reject=reject(self.store), healthy=self.store.ping,
+                max_attempts=listener_conf.max_store_attempts),
             executor='threading', allow_requeue=True, pool=pool,
             batch_size=listener_conf.batch_size,
             batch_timeout=listener_conf.batch_timeout)

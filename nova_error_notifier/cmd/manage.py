@@ -20,11 +20,20 @@
     nova-error-notifier-manage --config-file F dead-letters list
     nova-error-notifier-manage --config-file F dead-letters retry [ID ...]
     nova-error-notifier-manage --config-file F dead-letters purge [ID ...]
+    nova-error-notifier-manage --config-file F rejected list [--json]
+    nova-error-notifier-manage --config-file F rejected show ID
+    nova-error-notifier-manage --config-file F rejected purge [ID ...]
     nova-error-notifier-manage --config-file F stats
+
+Everything a command prints goes through one function that escapes it as
+log lines are escaped (:func:`nova_error_notifier.logsafe.escape`): event
+types, instance names, receivers' errors and stored messages from Nova
+cannot forge a line or send escape sequences to the terminal.
 """
 
 import dataclasses
 import datetime
+import json
 import sys
 import uuid
 
@@ -56,7 +65,30 @@ def _when(stamp):
 
 
 def _out(line=''):
-    sys.stdout.write(line + '\n')
+    """Print one line; whatever it holds is escaped (logsafe.escape).
+
+    Values from Nova (event types, names, messages, receivers' errors) and
+    from the outbox reach the terminal through here only: a newline, an
+    escape sequence or a bidi override in them cannot forge a line or
+    garble the screen. Already escaped text is left as it is.
+    """
+    sys.stdout.write(logsafe.escape(line) + '\n')
+
+
+def _err(line):
+    """An error line on stderr, escaped like :func:`_out`."""
+    sys.stderr.write(logsafe.escape(line) + '\n')
+
+
+def _json_lines(value):
+    """``value`` as indented JSON lines that escaping leaves unchanged.
+
+    Every non-ASCII and control character is a ``\\uXXXX`` escape (DEL
+    too, which ``json`` leaves as it is), so the output is both valid JSON
+    and safe for a terminal.
+    """
+    text = json.dumps(value, ensure_ascii=True, sort_keys=True, indent=2)
+    return text.replace('\x7f', '\\u007f').splitlines()
 
 
 def _store(conf):
@@ -82,7 +114,7 @@ def do_pending(conf):
 
 def do_dead_letters(conf):
     action = conf.command.action
-    ids = [int(i) for i in conf.command.ids]
+    ids = _ids(conf, 'dead letter', 'dead-letters list')
     store = _store(conf)
     if action == 'list':
         rows = store.dead()
@@ -102,6 +134,82 @@ def do_dead_letters(conf):
         count = store.purge_dead(ids or None)
         _out('%d dead letter(s) purged' % count)
     return 0
+
+
+_REJECTED_LIST_KEYS = ('id', 'first_seen', 'last_seen', 'attempts',
+                       'event_type', 'priority', 'publisher_id',
+                       'message_key', 'reason')
+
+
+def _ids(conf, what, listing):
+    ids = []
+    for value in conf.command.ids:
+        try:
+            ids.append(int(value))
+        except ValueError:
+            raise _UsageError('%s is not a %s id (see "%s")' % (
+                logsafe.quote(value, 80), what, listing))
+    return ids
+
+
+def do_rejected(conf):
+    """Bus messages the service could not store, kept with the reason."""
+    action = conf.command.action
+    ids = _ids(conf, 'rejected message', 'rejected list')
+    store = _store(conf)
+    if action == 'list':
+        if ids:
+            raise _UsageError('rejected list takes no id ("rejected show '
+                              'ID" shows one)')
+        rows = store.rejected()
+        if conf.command.json:
+            for line in _json_lines([{key: row.get(key) for key in
+                                      _REJECTED_LIST_KEYS} for row in rows]):
+                _out(line)
+            return 0
+        _out('%-6s %-19s %-8s %-40s %-40s %s' % (
+            'ID', 'SINCE', 'ATTEMPTS', 'EVENT TYPE', 'MESSAGE ID', 'REASON'))
+        for row in rows:
+            _out('%-6s %-19s %-8s %-40s %-40s %s' % (
+                row['id'], _when(row['first_seen']), row['attempts'],
+                logsafe.escape(row['event_type'], 40),
+                logsafe.escape(row['message_key'], 40),
+                logsafe.escape(row['reason'], 200)))
+        _out('%d rejected messages' % len(rows))
+        return 0
+    if action == 'show':
+        if len(ids) != 1:
+            raise _UsageError('rejected show takes one id')
+        row = store.rejected_one(ids[0])
+        if row is None:
+            _out('ERROR: no rejected message %d (see "rejected list")'
+                 % ids[0])
+            return 1
+        for key in _REJECTED_LIST_KEYS:
+            value = row.get(key)
+            if key in ('first_seen', 'last_seen') and value:
+                value = '%s UTC' % _when(value)
+            _out('%-13s %s' % (key + ':', logsafe.escape(value)))
+        body = row.get('body')
+        if body is None:
+            _out('body:         -')
+            return 0
+        _out('body:')
+        try:
+            lines = _json_lines(json.loads(body))
+        except ValueError:
+            # Not JSON: what could be read of it, on one escaped line.
+            lines = [logsafe.escape(body)]
+        for line in lines:
+            _out('  ' + line)
+        return 0
+    count = store.purge_rejected(ids or None)
+    _out('%d rejected message(s) purged' % count)
+    return 0
+
+
+class _UsageError(Exception):
+    """A command's arguments are wrong (exit status 2)."""
 
 
 def do_stats(conf):
@@ -265,6 +373,16 @@ def _add_parsers(subparsers):
     dead.add_argument('ids', nargs='*',
                       help='Dead letter ids (default: all).')
     dead.set_defaults(func=do_dead_letters)
+    rejected = subparsers.add_parser(
+        'rejected', help='List, show or purge the bus messages the service '
+                         'could not store (kept with the reason).')
+    rejected.add_argument('action', choices=('list', 'show', 'purge'))
+    rejected.add_argument('ids', nargs='*',
+                          help='Rejected message ids (show: one; purge: '
+                               'default all).')
+    rejected.add_argument('--json', action='store_true',
+                          help='list: print JSON instead of a table.')
+    rejected.set_defaults(func=do_rejected)
     stats = subparsers.add_parser(
         'stats', help='Count incidents and deliveries by state.')
     stats.set_defaults(func=do_stats)
@@ -285,14 +403,19 @@ def main(argv=None):
              version=version.version_string(),
              description='Operator commands of nova-error-notifier.')
     except cfg.Error as exc:
-        sys.stderr.write('nova-error-notifier-manage: %s\n' % exc)
+        _err('nova-error-notifier-manage: %s' % exc)
         return 2
     log.setup(conf, service_cmd.PROJECT)
+    logsafe.protect_handlers()
     try:
         return conf.command.func(conf)
-    except outbox.StoreUnavailable as exc:
-        sys.stderr.write('nova-error-notifier-manage: the outbox is not '
-                         'usable: %s\n' % exc)
+    except _UsageError as exc:
+        _err('nova-error-notifier-manage: %s' % exc)
+        return 2
+    except (outbox.StoreUnavailable, outbox.StoreError,
+            outbox.StoreConfigError) as exc:
+        _err('nova-error-notifier-manage: the outbox is not usable: %s'
+             % exc)
         return 1
 
 

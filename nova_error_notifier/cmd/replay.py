@@ -61,8 +61,9 @@ class _Incoming:
 
 
 def _out(line=''):
+    """Print one line, escaped (see manage._out); stop on a closed pipe."""
     try:
-        sys.stdout.write(line + '\n')
+        sys.stdout.write(logsafe.escape(line) + '\n')
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (| head): stop quietly, like other tools.

@@ -32,8 +32,33 @@ The mail is ``multipart/alternative`` with a text and an HTML part, from
 Jinja2 templates (``subject.txt``, ``body.txt``, ``body.html``) shipped in
 ``nova_error_notifier/templates/email`` and overridable from ``[email]
 templates_dir``. Templates run in Jinja2's sandbox; the HTML part is
-autoescaped; control characters are removed from the subject, so that no
-instance name can add a header.
+autoescaped.
+
+Every value in a mail may come from a tenant (an instance is named by its
+owner), so, whatever the Python running the service:
+
+* a header value built from data goes through :func:`clean_header`: every
+  control, format, line or paragraph separator character and lone surrogate
+  is removed, white space collapsed, RFC 2047 encoded-word syntax broken up
+  (the standard library decodes encoded words while it folds a header, and
+  interpreters without the fix write a decoded CR LF raw), the length
+  bounded;
+* in the text part every value is escaped (:func:`logsafe.escape`) and every
+  line of a multi-line value (tracebacks, details) starts with the fixed
+  prefix :data:`BLOCK_PREFIX`, so that no line of the body begins with a
+  value; in the HTML part multi-line values keep their line breaks as
+  ``&#10;``, so that no physical line of the source begins with a value;
+* the parts are sent 7bit or 8bit when every line fits in 998 bytes, else
+  base64, never quoted-printable (whose soft line breaks would let the
+  length of a value decide what starts a physical line);
+* the message is serialised and parsed back before it is sent: unless it
+  reads back with exactly the headers the driver set, none holding a line
+  break, and the parts as rendered, it goes out with a plain ASCII subject
+  instead (:func:`check_message`).
+
+SMTP credentials never travel in clear: ``smtp_username`` with
+``smtp_security = none`` is a configuration error unless ``[email]
+allow_plaintext_auth`` is set for a trusted relay.
 """
 
 import dataclasses
@@ -48,6 +73,7 @@ import ssl
 
 import jinja2
 from jinja2 import sandbox
+import markupsafe
 from oslo_config import cfg
 from oslo_log import log
 
@@ -89,6 +115,14 @@ EMAIL_OPTS = [
     cfg.StrOpt('smtp_password',
                secret=True,
                help='Password of smtp_username.'),
+    cfg.BoolOpt('allow_plaintext_auth',
+                default=False,
+                help='Allow logging in (smtp_username) over a connection '
+                     'without TLS (smtp_security = none): the password '
+                     'then crosses the network in clear. Only for a '
+                     'trusted relay on localhost or on a private link; '
+                     'without it, smtp_username with smtp_security = none '
+                     'is a configuration error.'),
     cfg.StrOpt('from_address',
                help='Sender address of the alerts, e.g. '
                     '"Nova alerts <nova-alerts@example.org>". Required by '
@@ -107,8 +141,24 @@ EMAIL_OPTS = [
 ]
 
 _ADDRESS_RE = re.compile(r'\A[^\s@<>()",;:\\\[\]]+@[^\s@<>()",;:\\\[\]]+\Z')
-_SUBJECT_UNSAFE_RE = re.compile('[\x00-\x1f\x7f-\x9f\u2028-\u202e'
-                                '\u2060-\u2069\ufeff]+')
+# What never reaches a header: controls, format characters (zero-width,
+# bidirectional), line and paragraph separators (logsafe's class) and lone
+# surrogates, which cannot be encoded.
+_HEADER_UNSAFE_RE = re.compile(logsafe.char_class(
+    logsafe.UNSAFE_RANGES + ((0xd800, 0xdfff),)) + '+')
+#: Start of every line of a multi-line value in the text part.
+BLOCK_PREFIX = '  | '
+#: The headers of every mail, each exactly once, and those of its parts.
+HEADERS = ('Subject', 'From', 'To', 'Date', 'Message-ID',
+           'X-Nova-Error-Notifier-Alert-Id', 'Auto-Submitted',
+           'MIME-Version', 'Content-Type')
+PART_HEADERS = ('Content-Type', 'Content-Transfer-Encoding')
+# The standard library also writes MIME-Version into the HTML part.
+_PART_OPTIONAL = ('MIME-Version',)
+_PART_TYPES = ('text/plain', 'text/html')
+_CTES = ('7bit', '8bit', 'base64')
+_LINE_BREAK_RE = re.compile(r'\r\n|\r|\n')
+_PLAINTEXT_WARNED = set()
 
 
 def valid_address(value):
@@ -118,12 +168,28 @@ def valid_address(value):
 
 
 def clean_header(value, limit=MAX_SUBJECT):
-    """One line of text: control characters removed, spaces collapsed."""
-    value = _SUBJECT_UNSAFE_RE.sub(' ', value or '')
+    """One line of plain text, safe in a header, whatever Python folds it.
+
+    Controls, format characters, line and paragraph separators and lone
+    surrogates become spaces; "=?" and "?=" are split by a space, so that
+    no RFC 2047 encoded word can be recognised (and decoded into a line
+    break by the standard library); white space is collapsed and the
+    result cut to ``limit`` characters.
+    """
+    value = '' if value is None else str(value)
+    value = _HEADER_UNSAFE_RE.sub(' ', value)
+    value = value.replace('=?', '= ?').replace('?=', '? =')
     value = ' '.join(value.split())
     if len(value) > limit:
-        value = value[:limit - 1] + '\u2026'
+        value = value[:limit - 1].rstrip() + '\u2026'
     return value
+
+
+def fallback_subject(alert):
+    """The plain ASCII subject of a mail that did not read back as built."""
+    ident = re.sub('[^0-9A-Za-z-]', '', str(alert.id or ''))[:64]
+    return '[nova-error-notifier] %s %s' % (
+        'digest' if alert.is_digest else 'alert', ident or 'unknown')
 
 
 def _short(uuid):
@@ -173,20 +239,74 @@ def _apply(value, transform):
     return value
 
 
-def display_copy(alert, transform=logsafe.escape):
-    """The alert with ``transform`` applied to every text field.
+def _lines(value):
+    """The lines of a multi-line value, without trailing empty ones.
 
-    By default control characters are escaped; details keep their line
-    breaks (tracebacks), nothing else does.
+    Every line break Python knows splits (CR, LF, VT, FF, NEL, U+2028...):
+    whatever a reader takes for a line break starts a new, prefixed line.
+    """
+    lines = str(value).splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def text_block(value):
+    """A multi-line value for the text part: escaped, every line prefixed."""
+    return '\n'.join(BLOCK_PREFIX + logsafe.escape(line)
+                     for line in _lines(value))
+
+
+def html_block(value):
+    """A multi-line value for the HTML part, as markup on one source line.
+
+    The line breaks are written ``&#10;`` (a line break in ``<pre>``), so
+    that no physical line of the HTML source begins with the value.
+    """
+    return markupsafe.Markup('&#10;').join(
+        markupsafe.escape(logsafe.escape(line)) for line in _lines(value))
+
+
+# Multi-line values of the enrichment: (parent key, key).
+_ENRICHMENT_BLOCKS = frozenset([('fault', 'details'),
+                                ('events', 'traceback')])
+
+
+def _copy_data(value, transform, block, path=()):
+    """Nested enrichment data with every string made safe."""
+    if isinstance(value, dict):
+        return {(transform(k) if isinstance(k, str) else k):
+                _copy_data(v, transform, block, path + (k,))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_copy_data(v, transform, block, path) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if tuple(path[-2:]) in _ENRICHMENT_BLOCKS:
+        return block(str(value))
+    return transform(str(value))
+
+
+def display_copy(alert, transform=logsafe.escape, block=text_block):
+    """The alert with every text field made safe to show.
+
+    ``transform`` is applied to every single-line text field, ``block`` to
+    the multi-line ones (the details, the enrichment's fault details and
+    event tracebacks); the enrichment's strings go through them too. By
+    default values are escaped and the lines of multi-line values prefixed
+    with :data:`BLOCK_PREFIX`, for the text part.
     """
     changes = {}
     for field in dataclasses.fields(alert):
         value = getattr(alert, field.name)
         if field.name == 'members':
             continue
-        if field.name == 'details' and value:
-            changes['details'] = '\n'.join(
-                transform(line) for line in value.split('\n'))
+        if field.name == 'details':
+            if value:
+                changes['details'] = block(value)
+        elif field.name == 'enrichment':
+            if value is not None:
+                changes['enrichment'] = _copy_data(value, transform, block)
         elif isinstance(value, (str, tuple)):
             changes[field.name] = _apply(value, transform)
     return dataclasses.replace(alert, **changes)
@@ -230,22 +350,108 @@ class Templates:
             'version': version.version_string(),
         }
 
+    def _body_context(self, alert, region, subject, block):
+        context = self._context(display_copy(alert, logsafe.escape, block),
+                                region)
+        context['subject'] = subject
+        if alert.is_digest:
+            context['members'] = [display_copy(m, logsafe.escape, block)
+                                  for m in alert.members]
+            context['unlisted'] = alert.digest_count - len(alert.members)
+        return context
+
     def render(self, alert, region):
         """(subject, text body, HTML body) of the alert's mail."""
         prefix = 'digest_' if alert.is_digest else ''
-        # The subject is one header line: control characters become spaces.
+        # The subject is one header line: every value is cleaned, and the
+        # whole line again (a template may put values side by side).
         subject = clean_header(self.text.get_template(
             prefix + 'subject.txt').render(self._context(
-                display_copy(alert, clean_header), region)))
-        shown = display_copy(alert)
-        context = self._context(shown, region)
-        context['subject'] = subject
-        if alert.is_digest:
-            context['members'] = [display_copy(m) for m in alert.members]
-            context['unlisted'] = alert.digest_count - len(alert.members)
-        text = self.text.get_template(prefix + 'body.txt').render(context)
-        html = self.html.get_template(prefix + 'body.html').render(context)
-        return subject, text, html
+                display_copy(alert, clean_header, clean_header), region)))
+        text = self.text.get_template(prefix + 'body.txt').render(
+            self._body_context(alert, region, subject, text_block))
+        html = self.html.get_template(prefix + 'body.html').render(
+            self._body_context(alert, region, subject, html_block))
+        return subject, _encodable(text), _encodable(html)
+
+
+def _encodable(text):
+    """``text`` with anything UTF-8 cannot encode (lone surrogates) as '?'."""
+    return text.encode('utf-8', 'replace').decode('utf-8')
+
+
+def transfer_encoding(text):
+    """7bit or 8bit when every line fits in a line of SMTP, else base64.
+
+    Never quoted-printable: its soft line breaks fall where the length of
+    the text before them says, which a tenant could choose.
+    """
+    data = text.encode('utf-8')
+    longest = max((len(line) for line in data.splitlines()), default=0)
+    if longest > POLICY.max_line_length:
+        return 'base64'
+    return '7bit' if data.isascii() else '8bit'
+
+
+def _normalised(text):
+    return _LINE_BREAK_RE.sub('\n', text).rstrip('\n')
+
+
+def _header_problems(message, expected, where, optional=()):
+    problems = []
+    names = [name.lower() for name in message.keys()]
+    for name in optional:
+        if names.count(name.lower()) == 1:
+            names.remove(name.lower())
+    if sorted(names) != sorted(name.lower() for name in expected):
+        problems.append('%s headers are %s' % (where, ', '.join(
+            message.keys())))
+    for name, value in message.items():
+        if '\r' in str(value) or '\n' in str(value):
+            problems.append('%s header %s holds a line break' % (where,
+                                                                 name))
+        elif _HEADER_UNSAFE_RE.search(str(value)):
+            problems.append('%s header %s holds a control or format '
+                            'character' % (where, name))
+    return problems
+
+
+def check_message(raw, subject, text, html):
+    """What is wrong with the serialised mail ``raw``, as a list.
+
+    The mail is parsed back as a reader would (RFC 2047 encoded words
+    decoded); it must have exactly :data:`HEADERS`, each once, none holding
+    a line break, the subject ``subject``, and a text and an HTML part with
+    :data:`PART_HEADERS`, a 7bit, 8bit or base64 transfer encoding and
+    the content ``text`` and ``html``.
+    """
+    try:
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        problems = _header_problems(parsed, HEADERS, 'mail')
+        if ' '.join(str(parsed['Subject'] or '').split()) != \
+                ' '.join(subject.split()):
+            problems.append('the subject does not read back as written')
+        if parsed.get_content_type() != 'multipart/alternative':
+            problems.append('the mail is %s' % parsed.get_content_type())
+            return problems
+        parts = list(parsed.iter_parts())
+        types = [part.get_content_type() for part in parts]
+        if types != list(_PART_TYPES):
+            problems.append('the parts are %s' % ', '.join(types))
+            return problems
+        for part, content in zip(parts, (text, html)):
+            kind = part.get_content_type()
+            problems.extend(_header_problems(part, PART_HEADERS, kind,
+                                             _PART_OPTIONAL))
+            if str(part['Content-Transfer-Encoding']).lower() not in _CTES:
+                problems.append('%s is sent %s' % (
+                    kind, part['Content-Transfer-Encoding']))
+            if _normalised(part.get_content()) != _normalised(content):
+                problems.append('%s does not read back as written' % kind)
+        return problems
+    except Exception as exc:   # whatever the parser makes of it: not sent
+        return ['the mail cannot be read back: %s: %s' % (
+            type(exc).__name__, exc)]
 
 
 def next_steps(alert):
@@ -299,11 +505,22 @@ class EmailDriver(base.Driver):
             raise base.DriverConfigError('; '.join(problems))
         if not values['smtp_host']:
             problems.append('[email] smtp_host is not set')
+        if values['smtp_username'] and values['smtp_security'] == 'none' \
+                and not values['allow_plaintext_auth']:
+            problems.append(
+                '[email] smtp_username is set with smtp_security = none: '
+                'the password would cross the network in clear; set '
+                'smtp_security = starttls or ssl (or allow_plaintext_auth '
+                '= true, only for a trusted relay on localhost or a private '
+                'link)')
         from_address = values['from_address']
         if not from_address:
             problems.append('[email] from_address is not set')
-        elif not valid_address(email.utils.parseaddr(from_address)[1]) or \
-                clean_header(from_address, 320) != from_address.strip():
+        elif clean_header(from_address, 320) != from_address.strip():
+            problems.append('[email] from_address %r holds control '
+                            'characters or RFC 2047 encoded words: write the '
+                            'name as plain text' % from_address)
+        elif not valid_address(email.utils.parseaddr(from_address)[1]):
             problems.append('[email] from_address %r is not an e-mail '
                             'address' % from_address)
         for address in self.options.to:
@@ -320,13 +537,31 @@ class EmailDriver(base.Driver):
         if not problems:
             try:
                 self.templates = Templates(values['templates_dir'])
-                self.templates.render(alert_mod.sample(self.receiver),
-                                      self.conf.region_name)
+                # The whole mail of a sample alert, checked as a real one
+                # (staff addresses stay out of headers: not asked here).
+                self.build_message(alert_mod.sample(self.receiver),
+                                   [a.strip() for a in self.options.to])
             except jinja2.TemplateError as exc:
                 problems.append('templates: %s: %s'
                                 % (type(exc).__name__, exc))
+            except base.DriverError as exc:
+                problems.append(str(exc))
         if problems:
             raise base.DriverConfigError('; '.join(problems))
+        if values['smtp_username'] and values['smtp_security'] == 'none':
+            self._warn_plaintext_auth(values)
+
+    def _warn_plaintext_auth(self, values):
+        server = '%s:%s' % (values['smtp_host'], values['smtp_port'] or
+                            DEFAULT_PORTS['none'])
+        if server in _PLAINTEXT_WARNED:
+            return      # once per server, not per receiver or reload
+        _PLAINTEXT_WARNED.add(server)
+        LOG.warning('[email] allow_plaintext_auth = true: the SMTP password '
+                    'of %s is sent to %s without TLS (smtp_security = '
+                    'none); only do this with a trusted relay on localhost '
+                    'or a private link',
+                    logsafe.quote(values['smtp_username'], 100), server)
 
     # -- delivery -----------------------------------------------------------
 
@@ -353,11 +588,37 @@ class EmailDriver(base.Driver):
         return header, envelope
 
     def build_message(self, alert, header_to):
+        """The checked mail of ``alert`` (see :func:`check_message`).
+
+        :raises base.DriverError: (not retryable) when even a plain subject
+            does not make the mail read back as built.
+        """
         options = self.conf[GROUP]
         if self.templates is None:
             self.templates = Templates(options.templates_dir)
         subject, text, html = self.templates.render(alert,
                                                     self.conf.region_name)
+        msg = self._message(alert, header_to, subject, text, html)
+        problems = check_message(msg.as_bytes(), subject, text, html)
+        if not problems:
+            return msg
+        LOG.warning('Receiver %s: the mail of alert %s does not read back '
+                    'as built (%s): it goes out with a plain subject',
+                    self.receiver, logsafe.escape(alert.id, 64),
+                    logsafe.escape('; '.join(problems), 500))
+        subject = fallback_subject(alert)
+        msg = self._message(alert, header_to, subject, text, html)
+        problems = check_message(msg.as_bytes(), subject, text, html)
+        if problems:
+            raise base.DriverError(
+                'the mail of alert %s cannot be built safely: %s' % (
+                    logsafe.escape(alert.id, 64),
+                    logsafe.escape('; '.join(problems), 500)),
+                retryable=False)
+        return msg
+
+    def _message(self, alert, header_to, subject, text, html):
+        options = self.conf[GROUP]
         msg = email.message.EmailMessage(policy=POLICY)
         msg['Subject'] = subject
         msg['From'] = options.from_address
@@ -370,8 +631,9 @@ class EmailDriver(base.Driver):
                                                    domain=domain)
         msg['X-Nova-Error-Notifier-Alert-Id'] = alert.id
         msg['Auto-Submitted'] = 'auto-generated'
-        msg.set_content(text)
-        msg.add_alternative(html, subtype='html')
+        msg.set_content(text, cte=transfer_encoding(text))
+        msg.add_alternative(html, subtype='html',
+                            cte=transfer_encoding(html))
         return msg
 
     def notify(self, alert):
@@ -394,6 +656,12 @@ class EmailDriver(base.Driver):
         port = options.smtp_port or DEFAULT_PORTS[security]
         server = '%s:%s' % (options.smtp_host, port)
         sender = email.utils.parseaddr(options.from_address)[1]
+        if options.smtp_username and security == 'none' and \
+                not options.allow_plaintext_auth:
+            raise base.DriverError(
+                'SMTP server %s: refusing to send the password of '
+                'smtp_username without TLS (smtp_security = none)' % server,
+                retryable=False)
         try:
             if security == 'ssl':
                 client = smtplib.SMTP_SSL(options.smtp_host, port,

@@ -28,16 +28,37 @@ one alert to one receiver.
 
 HTTP goes through a keystoneauth1 ``Session`` (TLS options, timeouts). Its
 request logging is kept off, so that header values (tokens) never reach a
-log line even with ``debug = true``.
+log line even with ``debug = true``. Every text the driver raises or logs
+(HTTP libraries repeat the URL they failed on) has the URL's user
+information and query values masked, and the URL's password, query values,
+``secret`` and header values replaced wherever they appear: none of them
+reaches a log line, the audit log, the outbox or a command's output.
+
+A ``body_template`` is the operator's, the values it prints are Nova's
+(hostile): every ``{{ ... }}`` is JSON-encoded on its way out. A string
+prints as the content of a JSON string, with quotes, backslashes, the JSON
+punctuation and every control or invisible character as ``\\uXXXX``
+escapes, so that ``"name": "{{ alert.instance.name }}"`` stays one string
+whatever the name; numbers, booleans and None print as JSON literals,
+dicts and lists as JSON; ``{{ value | tojson }}`` prints a complete JSON
+value (quotes included), to be used outside quotes. ``| safe`` or any
+other filter cannot make a value skip the encoding. The rendered body must
+parse as JSON, or the alert is refused for good (a non-retryable error);
+``check-config`` and start-up render the template with a hostile alert and
+refuse a template whose output then breaks or gets a key from a value.
 """
 
+import collections.abc
+import dataclasses
 import email.utils
 import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
+import threading
 import time
 from urllib import parse
 
@@ -51,12 +72,17 @@ from oslo_log import log
 from nova_error_notifier import alert as alert_mod
 from nova_error_notifier.drivers import base
 from nova_error_notifier import logsafe
+from nova_error_notifier import redact
 from nova_error_notifier import version
 
 LOG = log.getLogger(__name__)
 
 BODY_VERSION = '1'
-_QUERY_RE = re.compile(r'\?[^\s\'")]*')
+# A query string: "?" and what follows it up to a space or a quote.
+_QUERY_RE = re.compile(r'\?[^\s\'")]+')
+# "scheme://userinfo@": what is left of it once redact has masked passwords.
+_USERINFO_RE = re.compile(r'(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)'
+                          r'[^\s/?#@\'"]*@')
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'schemas', 'webhook-v1.json')
 TIMESTAMP_HEADER = 'X-Nova-Error-Notifier-Timestamp'
@@ -71,13 +97,23 @@ _HTTP_LOG = logging.getLogger('nova_error_notifier.webhook.http')
 _HTTP_LOG.setLevel(logging.INFO)
 
 
+#: Secrets of every webhook receiver of the process (URL passwords and
+#: query values, signing secrets, header values), masked in urllib3's log
+#: lines whichever receiver they belong to.
+_KNOWN_SECRETS = set()
+_KNOWN_SECRETS_LOCK = threading.Lock()
+
+
 class _QueryRedactor(logging.Filter):
-    """Cuts query strings out of urllib3's DEBUG request lines."""
+    """Cuts query strings and secrets out of urllib3's DEBUG lines."""
 
     def filter(self, record):
         if record.args and isinstance(record.args, tuple):
+            with _KNOWN_SECRETS_LOCK:
+                secrets = sorted(_KNOWN_SECRETS, key=len, reverse=True)
             record.args = tuple(
-                _QUERY_RE.sub('?...', arg) if isinstance(arg, str) else arg
+                _QUERY_RE.sub('?...', redact.text(arg, secrets))
+                if isinstance(arg, str) else arg
                 for arg in record.args)
         return True
 
@@ -184,6 +220,139 @@ def safe_url(url):
         return '(unparsable URL)'
 
 
+# -- body templates ----------------------------------------------------------
+
+# What a printed string may keep as it is: it can neither end a JSON string
+# (quote, backslash), nor, outside one, build a structure (the JSON
+# punctuation), nor hide (controls, invisible and separator characters, which
+# logsafe knows). Everything else becomes a \uXXXX escape, which a template's
+# own backslash before the value cannot turn into a closing quote either.
+_JSON_UNSAFE_RE = re.compile('["\\\\{}\\[\\],:]|%s' % logsafe.UNSAFE_CLASS)
+
+
+def _json_escape(match):
+    char = match.group(0)
+    code = ord(char)
+    if code <= 0xffff:
+        return '\\u%04x' % code
+    code -= 0x10000          # a surrogate pair, as JSON spells it
+    return '\\u%04x\\u%04x' % (0xd800 + (code >> 10), 0xdc00 + (code & 0x3ff))
+
+
+def json_string_content(value):
+    """``value`` as the content of a JSON string (no quotes around it).
+
+    Quotes, backslashes, ``{}[],:`` and every control or invisible
+    character are ``\\uXXXX`` escapes: the result cannot end the string it
+    is put in, nor add anything to the document when put outside one.
+    """
+    text = str(value)
+    if not text.isascii():
+        # Lone surrogates are no text: replace them.
+        text = text.encode('utf-8', 'replace').decode('utf-8')
+    return _JSON_UNSAFE_RE.sub(_json_escape, text)
+
+
+class JSONText(str):
+    """A complete JSON value made by the ``tojson`` filter.
+
+    Only this filter makes one; any operation that changes it
+    (concatenation, slicing, other filters) gives a plain string again,
+    which is encoded.
+    """
+
+
+def json_value(value):
+    """``value`` as a JSON document, strings encoded as above."""
+    if isinstance(value, JSONText):
+        return str(value)
+    if value is None:
+        return 'null'
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(float(value)) if math.isfinite(value) else 'null'
+    if isinstance(value, collections.abc.Mapping):
+        return '{%s}' % ', '.join(
+            '"%s": %s' % (json_string_content(key), json_value(item))
+            for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return '[%s]' % ', '.join(json_value(item) for item in value)
+    return '"%s"' % json_string_content(value)
+
+
+def _finalize(value):
+    """What ``{{ value }}`` prints: never raw text from a value."""
+    if isinstance(value, str) and not isinstance(value, JSONText):
+        return json_string_content(value)      # Markup too: no bypass
+    if isinstance(value, jinja2.Undefined):
+        return json_string_content(value)      # StrictUndefined raises
+    return json_value(value)
+
+
+def _tojson(value, indent=None):
+    """The ``tojson`` filter: a complete JSON value (``indent`` ignored)."""
+    return JSONText(json_value(value))
+
+
+def _safe(value):
+    """The ``safe`` filter: marks nothing safe (``tojson | safe`` works)."""
+    return value if isinstance(value, JSONText) else str(value)
+
+
+#: A marker in every string of the hostile sample alert: a key of the
+#: rendered body holding it came from a Nova value.
+HOSTILE_MARK = 'nen-hostile'
+HOSTILE_TEXT = ('%s", "%s-key": "x\\" \\\\ }]{[,: \n\r\t\x00\x1b[2J '
+                '\u2028\u2029\u202e\u200b {{ 7 * 7 }} </script>'
+                % (HOSTILE_MARK, HOSTILE_MARK))
+#: Fields of the sample alert that stay as they are (ids the body does not
+#: show as text, timestamps).
+_KEEP_FIELDS = frozenset(('receiver', 'first_seen', 'last_seen', 'members',
+                          'test', 'enriched', 'count', 'code',
+                          'digest_count'))
+
+
+def _hostile(value):
+    if isinstance(value, str):
+        return HOSTILE_TEXT
+    if isinstance(value, dict):
+        return {key: _hostile(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_hostile(item) for item in value)
+    return value
+
+
+def hostile_sample(receiver):
+    """The sample alert with every text a Nova value could be hostile in."""
+    sample = alert_mod.sample(receiver)
+    changes = {}
+    for field in dataclasses.fields(sample):
+        if field.name not in _KEEP_FIELDS:
+            changes[field.name] = _hostile(getattr(sample, field.name))
+    return dataclasses.replace(sample, **changes)
+
+
+def _keys(document):
+    """Every key of a parsed JSON document, at any depth."""
+    if isinstance(document, dict):
+        for key, value in document.items():
+            yield key
+            yield from _keys(value)
+    elif isinstance(document, list):
+        for value in document:
+            yield from _keys(value)
+
+
+# -- secrets -----------------------------------------------------------------
+
+#: Query values and header values shorter than this are masked in URLs
+#: only, not wherever they appear (``?v=1`` must not mask every "1").
+MIN_LOOSE_SECRET = 4
+
+
 def parse_retry_after(value, now=None):
     """Seconds to wait from a ``Retry-After`` value, or None."""
     if not value:
@@ -245,9 +414,61 @@ class WebhookDriver(base.Driver):
         super().__init__(conf, receiver)
         self._session = None
         self._template = None
+        self._secrets = None
         if not any(isinstance(f, _QueryRedactor)
                    for f in _URLLIB3_LOG.filters):
             _URLLIB3_LOG.addFilter(_QueryRedactor())
+        self.secrets()
+
+    def secrets(self):
+        """What must never be shown, longest first.
+
+        The URL's password (or its user name when it has no password) and
+        query values, the signing secret and the header values.
+        """
+        if self._secrets is None:
+            options = self.options
+            strict, loose = [], []
+            try:
+                parts = parse.urlsplit(options.url or '')
+                if parts.password:
+                    strict.append(parts.password)
+                elif parts.username:
+                    # https://TOKEN@host/: the user name is the secret.
+                    strict.append(parts.username)
+                loose.extend(value for _, value in parse.parse_qsl(
+                    parts.query, keep_blank_values=False))
+                loose.extend(parts.query.split('&'))
+            except ValueError:
+                pass
+            if options.secret:
+                strict.append(options.secret)
+            for value in (options.headers or {}).values():
+                loose.append(value)
+                # "Bearer abc123": the token on its own too.
+                loose.extend(value.split()[1:])
+            found = set()
+            for value in strict:
+                found.update(v for v in (value, parse.unquote(value)) if v)
+            for value in loose:
+                found.update(v for v in (value, parse.unquote(value))
+                             if len(v) >= MIN_LOOSE_SECRET)
+            self._secrets = sorted(found, key=len, reverse=True)
+            with _KNOWN_SECRETS_LOCK:
+                _KNOWN_SECRETS.update(self._secrets)
+        return self._secrets
+
+    def scrub(self, text, limit=300):
+        """``text`` with no secret of the receiver in it, on one line.
+
+        Every URL's user information and query values are masked, query
+        strings cut, and the receiver's secrets replaced wherever they
+        appear (also percent-encoded or decoded).
+        """
+        text = redact.text(str(text), self.secrets())
+        # "scheme://TOKEN@host" has no password for redact to mask.
+        text = _USERINFO_RE.sub(r'\g<scheme>***@', text)
+        return logsafe.escape(_QUERY_RE.sub('?...', text), limit)
 
     def check(self):
         options = self.options
@@ -255,8 +476,14 @@ class WebhookDriver(base.Driver):
         if not options.url:
             problems.append('url is not set')
         else:
-            parts = parse.urlsplit(options.url)
-            if parts.scheme not in ('http', 'https') or not parts.hostname:
+            try:
+                parts = parse.urlsplit(options.url)
+                usable = parts.scheme in ('http', 'https') and \
+                    bool(parts.hostname)
+                parts.port     # raises for a port out of range
+            except ValueError:
+                usable = False
+            if not usable:
                 problems.append('url %s is not an http:// or https:// URL'
                                 % safe_url(options.url))
         for key in ('cafile', 'certfile', 'keyfile', 'body_template'):
@@ -271,24 +498,40 @@ class WebhookDriver(base.Driver):
                 problems.append('headers: %r is not a valid header'
                                 % logsafe.escape(name, 60))
         if not problems and options.body_template:
-            try:
-                self._template = self._load_template(options.body_template)
-                self._render(alert_mod.sample(self.receiver))
-            except jinja2.TemplateError as exc:
-                problems.append('body_template %s: %s: %s' % (
-                    options.body_template, type(exc).__name__, exc))
-            except (base.DriverError, OSError) as exc:
-                problems.append('body_template %s: %s' % (
-                    options.body_template, exc))
+            problems.extend(self._check_template(options.body_template))
         if problems:
-            raise base.DriverConfigError('; '.join(problems))
+            raise base.DriverConfigError(
+                '; '.join(self.scrub(p, None) for p in problems))
+
+    def _check_template(self, path):
+        """Render the template with the sample, then a hostile alert."""
+        try:
+            self._template = self._load_template(path)
+            self._render(alert_mod.sample(self.receiver))
+        except jinja2.TemplateError as exc:
+            return ['body_template %s: %s: %s' % (
+                path, type(exc).__name__, exc)]
+        except (base.DriverError, OSError) as exc:
+            return ['body_template %s: %s' % (path, exc)]
+        try:
+            body = json.loads(self._render(hostile_sample(self.receiver)))
+        except (jinja2.TemplateError, base.DriverError) as exc:
+            return ['body_template %s, with an alert whose Nova values hold '
+                    'quotes, backslashes, brackets and control characters: '
+                    '%s' % (path, exc)]
+        if any(HOSTILE_MARK in key for key in _keys(body)):
+            return ['body_template %s: a Nova value becomes a key of the '
+                    'body: keys must be the template\'s own text' % path]
+        return []
 
     @staticmethod
     def _load_template(path):
         directory, name = os.path.split(os.path.abspath(path))
         env = sandbox.SandboxedEnvironment(
             loader=jinja2.FileSystemLoader(directory), autoescape=False,
-            undefined=jinja2.StrictUndefined)
+            undefined=jinja2.StrictUndefined, finalize=_finalize)
+        env.filters['tojson'] = _tojson
+        env.filters['safe'] = _safe
         return env.get_template(name)
 
     @property
@@ -307,7 +550,11 @@ class WebhookDriver(base.Driver):
         return self._session
 
     def _render(self, alert):
-        """The request body (bytes) for ``alert``."""
+        """The request body (bytes) for ``alert``.
+
+        :raises DriverError: (not retryable) when the template fails or
+            its output is not JSON.
+        """
         document = body_document([alert], self.receiver,
                                  self.conf.region_name)
         if self._template is None:
@@ -324,8 +571,11 @@ class WebhookDriver(base.Driver):
         try:
             json.loads(text)
         except ValueError as exc:
-            raise base.DriverError('body_template did not render JSON: %s'
-                                   % exc)
+            # Where it broke, not what the body holds (Nova's values).
+            raise base.DriverError(
+                'body_template did not render JSON (%s): a value printed '
+                'outside quotes? Print strings inside quotes ("{{ x }}") or '
+                'as {{ x | tojson }}' % _json_error(exc), retryable=False)
         return text.encode('utf-8')
 
     def headers(self, alert, body, now=None):
@@ -340,6 +590,19 @@ class WebhookDriver(base.Driver):
         return headers
 
     def notify(self, alert):
+        """One attempt; every error's text is scrubbed of secrets."""
+        try:
+            self._post(alert)
+        except base.DriverError as exc:
+            raise base.DriverError(self.scrub(exc), retryable=exc.retryable,
+                                   retry_after=exc.retry_after) from None
+        except Exception as exc:
+            # Not left to the caller: its traceback would show the URL.
+            raise base.DriverError('POST %s: %s: %s' % (
+                safe_url(self.options.url), type(exc).__name__,
+                self.scrub(exc)), retryable=True) from None
+
+    def _post(self, alert):
         body = self._render(alert)
         headers = self.headers(alert, body)
         url = self.options.url
@@ -350,11 +613,11 @@ class WebhookDriver(base.Driver):
                 raise_exc=False, redirect=False, logger=_HTTP_LOG)
         except ks_exc.SSLError as exc:
             raise base.DriverError('POST %s: TLS failed: %s' % (
-                where, _short(exc)), retryable=False)
+                where, exc), retryable=False)
         except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout,
                 ks_exc.RequestTimeout, ks_exc.UnknownConnectionError) as exc:
             raise base.DriverError('POST %s: %s: %s' % (
-                where, type(exc).__name__, _short(exc)), retryable=True)
+                where, type(exc).__name__, exc), retryable=True)
         status = response.status_code
         if 200 <= status < 300:
             return
@@ -369,9 +632,11 @@ class WebhookDriver(base.Driver):
             retryable=retryable, retry_after=retry_after)
 
 
-def _short(exc):
-    """An exception's text with any URL query string (tokens) cut out."""
-    return logsafe.escape(_QUERY_RE.sub('?...', str(exc)), 300)
+def _json_error(exc):
+    """Where a body failed to parse (never its text)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return '%s at line %d column %d' % (exc.msg, exc.lineno, exc.colno)
+    return type(exc).__name__
 
 
 def list_opts():

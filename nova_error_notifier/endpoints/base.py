@@ -19,6 +19,9 @@ handled in its own ``try``: a malformed or unexpected message is logged with
 its message id and dropped, and the listener keeps running.
 """
 
+import collections
+import hashlib
+import json
 import threading
 import time
 
@@ -27,6 +30,7 @@ import oslo_messaging
 from oslo_messaging.notify import dispatcher as oslo_dispatcher
 
 from nova_error_notifier import logsafe
+from nova_error_notifier import outbox
 from nova_error_notifier.parse import common
 from nova_error_notifier.parse import versioned
 from nova_error_notifier import record as rec
@@ -41,6 +45,11 @@ REQUEUE = oslo_messaging.NotificationResult.REQUEUE
 REQUEUE_DELAY = 1.0
 #: Seconds between two log lines about requeued messages.
 REQUEUE_LOG_INTERVAL = 30.0
+#: Tries (deliveries of one message by the bus) before a message that
+#: keeps failing while the outbox is up is kept as rejected.
+MAX_STORE_ATTEMPTS = 3
+#: Messages whose failed tries are remembered (per process).
+TRIES_REMEMBERED = 10000
 
 
 class FormatFilter:
@@ -257,10 +266,29 @@ class BatchDispatcher(oslo_dispatcher.BatchNotificationDispatcher):
     message at a time, and may answer REQUEUE.
     """
 
-    def __init__(self, endpoints, serializer, sink_many, on_drop=None):
+    def __init__(self, endpoints, serializer, sink_many, on_drop=None,
+                 reject=None, healthy=None,
+                 max_attempts=MAX_STORE_ATTEMPTS):
+        """Build the dispatcher.
+
+        :param sink_many: stores a list of records and resolutions in one
+            transaction; raises RetryLater when the store is down.
+        :param reject: ``reject(key, reason, item, metadata)`` keeps a
+            message that cannot be stored (the outbox's rejected messages);
+            may raise RetryLater.
+        :param healthy: returns whether the store answers at all, to tell
+            a message that cannot be stored from a store that is down.
+        :param max_attempts: tries of a message that keeps failing, while
+            the store is up, before it is rejected.
+        """
         super().__init__(endpoints, serializer)
         self.sink_many = sink_many
         self.on_drop = on_drop
+        self.reject = reject
+        self.healthy = healthy
+        self.max_attempts = max_attempts
+        self._tries = collections.OrderedDict()
+        self._tries_lock = threading.Lock()
         self._routes = {}
         for priority in oslo_dispatcher.PRIORITIES:
             routes = []
@@ -325,7 +353,17 @@ class BatchDispatcher(oslo_dispatcher.BatchNotificationDispatcher):
                 _unreadable(incoming.message, reason, self.on_drop)
 
     def dispatch(self, incoming):
-        """Handle a batch; return the incoming messages to requeue."""
+        """Handle a batch; return the incoming messages to requeue.
+
+        The batch is stored in one call. When that fails and the store
+        still answers, each message is stored on its own, so that one that
+        cannot be stored never holds the others back: it is requeued for a
+        few tries (``max_attempts``) when the failure may pass (a lock, a
+        deadlock, a unique key another writer took first), and kept as a
+        rejected message with its reason at once when it cannot (a value
+        the database refuses, a bug), or after its last try. While the
+        store is down, every message goes back to the queue, uncounted.
+        """
         pending = []
         requeue = set()
         info_events = self._info_events
@@ -337,19 +375,138 @@ class BatchDispatcher(oslo_dispatcher.BatchNotificationDispatcher):
             return requeue
         try:
             self.sink_many([item for _, _, item in pending])
-        except rec.RetryLater as exc:
-            _requeue_log(pending[0][1], exc)
+        except Exception as exc:
+            error = exc
+        else:
+            if self._tries:
+                self._forget(pending)
+            return requeue
+        if isinstance(error, rec.RetryLater) and not self._store_up():
+            _requeue_log(pending[0][1], error)
             time.sleep(REQUEUE_DELAY)
             requeue.update(one for one, _, _ in pending)
-        except Exception:
-            # A bug on one record must not cost the others: store them one
-            # by one, and log the one that fails.
-            for one, metadata, item in pending:
-                try:
-                    self.sink_many([item])
-                except rec.RetryLater as exc:
-                    _requeue_log(metadata, exc)
-                    requeue.add(one)
-                except Exception:
-                    _log_unprocessed(metadata, item)
+            return requeue
+        LOG.warning('A batch of %d record(s) could not be stored (%s): '
+                    'storing them one by one', len(pending),
+                    _error_text(error))
+        if self._one_by_one(pending, requeue):
+            time.sleep(REQUEUE_DELAY)
         return requeue
+
+    def _one_by_one(self, pending, requeue):
+        """Store each record alone; return True if any goes back."""
+        back = False
+        for index, (one, metadata, item) in enumerate(pending):
+            try:
+                self.sink_many([item])
+            except Exception as exc:
+                error = exc
+            else:
+                self._forget([(one, metadata, item)])
+                continue
+            if isinstance(error, rec.RetryLater) and not self._store_up():
+                # The store went down meanwhile: the rest waits for it.
+                _requeue_log(metadata, error)
+                requeue.update(o for o, _, _ in pending[index:])
+                return True
+            key = _message_key(metadata, item)
+            tries = self._count(key)
+            may_pass = isinstance(error, rec.RetryLater) or getattr(
+                error, 'retryable', False)
+            if may_pass and tries < self.max_attempts:
+                LOG.warning('Could not store notification message_id=%s '
+                            '(try %d of %d): %s; it goes back to the queue',
+                            _message_id(metadata), tries, self.max_attempts,
+                            _error_text(error))
+                requeue.add(one)
+                back = True
+                continue
+            reason = '%s (after %d tr%s)' % (
+                _error_text(error), tries, 'y' if tries == 1 else 'ies')
+            if not self._reject(key, reason, item, metadata):
+                requeue.add(one)
+                back = True
+        return back
+
+    def _store_up(self):
+        if self.healthy is None:
+            return False
+        try:
+            return bool(self.healthy())
+        except Exception:
+            return False
+
+    def _count(self, key):
+        with self._tries_lock:
+            tries = self._tries.pop(key, 0) + 1
+            self._tries[key] = tries
+            while len(self._tries) > TRIES_REMEMBERED:
+                self._tries.popitem(last=False)
+            return tries
+
+    def _forget(self, stored):
+        with self._tries_lock:
+            for _, metadata, item in stored:
+                self._tries.pop(_message_key(metadata, item), None)
+
+    def _reject(self, key, reason, item, metadata):
+        """Keep the message as rejected; True when it may be acknowledged.
+
+        False (requeue) while the store cannot take even that. If keeping
+        it fails for any other reason, the record is written to the log in
+        full, the last place left, and the message acknowledged.
+        """
+        summary = _record_summary(metadata, item)
+        if self.reject is not None:
+            try:
+                self.reject(key, reason, item, metadata)
+            except rec.RetryLater as exc:
+                _requeue_log(metadata, exc)
+                return False
+            except Exception as exc:
+                LOG.error('Rejected notification %s could not be kept in '
+                          'the outbox either (%s); it is acknowledged, and '
+                          'this line is all that is left of it: reason=%s '
+                          'record=%s', summary, _error_text(exc),
+                          logsafe.quote(reason, 1000),
+                          logsafe.quote(record_json(item), 20000))
+                self._forget([(None, metadata, item)])
+                return True
+        LOG.error('Rejected notification %s: %s; it is kept with its '
+                  'record (nova-error-notifier-manage rejected list) and '
+                  'acknowledged', summary, logsafe.escape(reason, 600))
+        self._forget([(None, metadata, item)])
+        return True
+
+
+def _error_text(exc):
+    return '%s: %s' % (type(exc).__name__, logsafe.escape(exc, 400))
+
+
+def _message_key(metadata, item):
+    """The key a message is remembered and rejected under."""
+    message_id = getattr(item, 'message_id', None)
+    if not message_id and isinstance(metadata, dict):
+        message_id = metadata.get('message_id')
+    if not message_id or not isinstance(message_id, str):
+        message_id = 'record:' + hashlib.sha256(
+            record_json(item).encode('utf-8')).hexdigest()
+    return outbox.fit_key(message_id)
+
+
+def record_json(item):
+    """The record or resolution as ASCII JSON (what a rejection keeps)."""
+    try:
+        return json.dumps(rec.to_dict(item), ensure_ascii=True,
+                          sort_keys=True, default=str)
+    except Exception as exc:
+        return json.dumps({'unserialisable': '%s: %s' % (
+            type(exc).__name__, exc)})
+
+
+def _record_summary(metadata, item):
+    return 'message_id=%s event_type=%s request_id=%s instance=%s' % (
+        _message_id(metadata), logsafe.escape(getattr(item, 'event_type',
+                                                      None), 255),
+        logsafe.escape(getattr(item, 'request_id', None), 255),
+        logsafe.escape(getattr(item, 'instance_uuid', None), 255))

@@ -19,7 +19,10 @@ than raising; only :func:`check_envelope` raises, with
 
 import ast
 import datetime
+import hashlib
 import re
+
+from oslo_utils import strutils
 
 from nova_error_notifier import record as rec
 
@@ -41,8 +44,16 @@ _TRACEBACK_MARK = '\nTraceback (most recent call last):'
 _REMOTE_SUFFIX = '_Remote'
 _REPR_RE = re.compile(r'\A\s*([A-Za-z_][\w.]*)\((.*)\)\s*\Z', re.S)
 _CLASS_RE = re.compile(r'\A[A-Za-z_][\w.]*\Z')
-_SECRET_ARG_RE = re.compile(r'token|passw|secret|credential|auth|key_data',
-                            re.I)
+#: Exception keyword arguments whose values are never kept: Nova's own
+#: (``adminPass``, ``admin_password``, ``private_key``, ``key_data``,
+#: ``encryption_key``...) and any that looks like a credential.
+_SECRET_ARG_RE = re.compile(
+    r'pass|pwd|secret|token|credential|auth|private|ssh|key_data|'
+    r'encrypt|cipher|signature|cert|(\A|_)key\Z', re.I)
+#: Longest identifier kept as it is; longer ones are cut and tagged with a
+#: hash of the whole value, so that two ids sharing a long prefix stay apart.
+MAX_IDENT = MAX_SHORT
+_IDENT_KEEP = 200
 
 
 class MalformedNotification(ValueError):
@@ -67,6 +78,36 @@ def text(value, limit=MAX_SHORT):
     if not value.isascii():
         value = value.encode('utf-8', 'replace').decode('utf-8')
     return value
+
+
+def ident(value):
+    """An identifier (message, request or instance id) as a bounded string.
+
+    Like :func:`text`, but an id longer than ``MAX_IDENT`` is cut and
+    tagged with a hash of the whole value: two different ids never become
+    the same value, so that neither is taken for a duplicate of the other.
+    """
+    if isinstance(value, str) and len(value) > MAX_IDENT:
+        digest = hashlib.sha256(value.encode('utf-8', 'surrogatepass'))
+        return text(value[:_IDENT_KEEP], _IDENT_KEEP) + '...#' + \
+            digest.hexdigest()[:16]
+    return text(value)
+
+
+def first_ident(*values):
+    """The first of ``values`` that is a non-empty id, as :func:`ident`."""
+    for value in values:
+        value = ident(value)
+        if value:
+            return value
+    return None
+
+
+def mask(value):
+    """Credentials in a free text (``adminPass=...``) masked."""
+    if not value or not isinstance(value, str):
+        return value
+    return strutils.mask_password(value)
 
 
 def integer(value):
@@ -140,8 +181,15 @@ def parse_timestamp(value):
     except ValueError:
         return None
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
-    return stamp.astimezone(datetime.timezone.utc)
+        return stamp.replace(tzinfo=datetime.timezone.utc)
+    try:
+        return stamp.astimezone(datetime.timezone.utc)
+    except (OverflowError, ValueError):
+        # 9999-12-31T23:59-23:59 is after the last time Python represents
+        # (and 0001-01-01T00:00+23:59 before the first): keep the nearest.
+        edge = datetime.datetime.max if stamp.year > 1 else \
+            datetime.datetime.min
+        return edge.replace(tzinfo=datetime.timezone.utc)
 
 
 def check_envelope(event_type, payload, publisher_id):
@@ -165,8 +213,8 @@ def context_fields(ctxt):
     if not isinstance(ctxt, dict):
         ctxt = {}
     return {
-        'request_id': text(ctxt.get('request_id')),
-        'global_request_id': text(ctxt.get('global_request_id')),
+        'request_id': ident(ctxt.get('request_id')),
+        'global_request_id': ident(ctxt.get('global_request_id')),
         'project_id': first_text(ctxt.get('project_id'),
                                  ctxt.get('tenant'), ctxt.get('project')),
         'project_name': text(ctxt.get('project_name')),
@@ -217,11 +265,11 @@ def _scalar_arguments(kwargs):
         if not isinstance(key, str) or key == 'code':
             continue
         if _SECRET_ARG_RE.search(key):
-            value = '***'
-        elif value is None or isinstance(value, (bool, int, float)):
+            continue            # never kept, not even masked
+        if value is None or isinstance(value, (bool, int, float)):
             pass
         else:
-            value = text(value, 512)
+            value = mask(text(value, 512))
             if value is None:
                 continue
         args.append((text(key, 64), value))

@@ -64,7 +64,7 @@ def _instance_sources(payload):
 
 def _instance_fields(payload):
     sources = _instance_sources(payload)
-    uuid = common.first_text(*(
+    uuid = common.first_ident(*(
         value for src in sources
         for value in (src.get('instance_id'), src.get('instance_uuid'),
                       src.get('uuid'))))
@@ -87,15 +87,15 @@ def _resolution(event_type, state, old_state, payload, ctxt, metadata):
               state == 'active'))
     if not built:
         return None
-    uuid = common.first_text(payload.get('instance_id'),
-                             payload.get('instance_uuid'))
+    uuid = common.first_ident(payload.get('instance_id'),
+                              payload.get('instance_uuid'))
     if not uuid:
         return None
     metadata = metadata if isinstance(metadata, dict) else {}
     return rec.Resolution(
         event_type=event_type, instance_uuid=uuid,
         request_id=common.context_fields(ctxt)['request_id'],
-        message_id=common.text(metadata.get('message_id')),
+        message_id=common.ident(metadata.get('message_id')),
         timestamp=common.parse_timestamp(metadata.get('timestamp')))
 
 
@@ -155,7 +155,7 @@ def parse(priority, ctxt, publisher_id, event_type, payload, metadata):
         publisher_service=service,
         publisher_host=pub_host,
         timestamp=common.parse_timestamp(metadata.get('timestamp')),
-        message_id=common.text(metadata.get('message_id')),
+        message_id=common.ident(metadata.get('message_id')),
         request_id=ctx['request_id'],
         global_request_id=ctx['global_request_id'],
         project_id=ctx['project_id'] or tenant,
@@ -170,10 +170,10 @@ def parse(priority, ctxt, publisher_id, event_type, payload, metadata):
         old_state=old_state,
         exception=parsed.exception,
         remote=parsed.remote,
-        message=message or None,
-        reason=common.useful_reason(reason, message),
+        message=common.mask(message) or None,
+        reason=common.mask(common.useful_reason(reason, message)),
         code=code,
         arguments=parsed.arguments,
         location=common.text(payload.get('method')),
-        details=details,
+        details=common.mask(details),
     )

@@ -63,15 +63,15 @@ def _resolution(event_type, state, old_state, data, ctxt, metadata):
               state == 'active'))
     if not built:
         return None
-    uuid = common.text(data.get('uuid'))
+    uuid = common.ident(data.get('uuid'))
     if not uuid:
         return None
     metadata = metadata if isinstance(metadata, dict) else {}
     return rec.Resolution(
         event_type=event_type, instance_uuid=uuid,
         request_id=(common.context_fields(ctxt)['request_id'] or
-                    common.text(data.get('request_id'))),
-        message_id=common.text(metadata.get('message_id')),
+                    common.ident(data.get('request_id'))),
+        message_id=common.ident(metadata.get('message_id')),
         timestamp=common.parse_timestamp(metadata.get('timestamp')))
 
 
@@ -114,8 +114,8 @@ def parse(priority, ctxt, publisher_id, event_type, payload, metadata):
 
     spec = common.unwrap(data.get('request_spec'))
     spec = spec if isinstance(spec, dict) else {}
-    uuid = common.first_text(data.get('uuid'), data.get('instance_uuid'),
-                             spec.get('instance_uuid'))
+    uuid = common.first_ident(data.get('uuid'), data.get('instance_uuid'),
+                              spec.get('instance_uuid'))
     tenant = common.first_text(data.get('tenant_id'), spec.get('project_id'))
     service, pub_host = common.split_publisher(publisher_id)
     ctx = common.context_fields(ctxt)
@@ -133,8 +133,8 @@ def parse(priority, ctxt, publisher_id, event_type, payload, metadata):
         publisher_service=service,
         publisher_host=pub_host,
         timestamp=common.parse_timestamp(metadata.get('timestamp')),
-        message_id=common.text(metadata.get('message_id')),
-        request_id=ctx['request_id'] or common.text(data.get('request_id')),
+        message_id=common.ident(metadata.get('message_id')),
+        request_id=ctx['request_id'] or common.ident(data.get('request_id')),
         global_request_id=ctx['global_request_id'],
         project_id=ctx['project_id'] or tenant,
         project_name=ctx['project_name'],
@@ -149,8 +149,8 @@ def parse(priority, ctxt, publisher_id, event_type, payload, metadata):
         old_state=old_state,
         exception=exception,
         remote=remote,
-        message=message or None,
+        message=common.mask(message) or None,
         code=None,
         location=location,
-        details=details,
+        details=common.mask(details),
     )

@@ -223,3 +223,102 @@ def test_service_webhook_shows_the_fault_then_survives_an_api_outage(
         assert proc.stop() == 0
     assert cloud['ks'].admin_password not in proc.log()
     json.dumps(second)
+
+
+# -- ids that are not well-formed never reach the API -------------------------
+
+HOSTILE_INSTANCE_IDS = ['../../os-hypervisors', 'x?all_tenants=1',
+                        'a' * 300, '%s/../../os-hypervisors']
+HOSTILE_REQUEST_IDS = ['req-../../../os-hypervisors', 'x?all_tenants=1',
+                       'req-' + 'a' * 300, REQUEST + '/../..']
+
+
+def api_requests(nova):
+    """The requests nova-api logged (its request_log middleware)."""
+    with open(nova.log_path, encoding='utf-8', errors='replace') as handle:
+        return [line for line in handle if 'nova.api.openstack.requestlog'
+                in line and '"GET ' in line]
+
+
+def wait_for_api_log(nova, count, timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = api_requests(nova)
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def test_hostile_ids_make_no_api_request(tmp_path, cloud):
+    nova = cloud['nova']
+    enricher_ = enricher(tmp_path, cloud, 'cache_ttl = 0\n')
+    # The control: a well-formed alert is seen by nova-api (server and
+    # action), so that the log below would show any request.
+    before = api_requests(nova)
+    assert enricher_.enrich(make_alert(cloud)).enriched is True
+    after = wait_for_api_log(nova, len(before) + 2)
+    new = after[len(before):]
+    assert len(new) == 2, new
+    assert cloud['server'] in new[0] and REQUEST in new[1]
+
+    for hostile in HOSTILE_INSTANCE_IDS:
+        hostile = hostile.replace('%s', cloud['server'])
+        before = api_requests(nova)
+        alert = enricher_.enrich(make_alert(cloud, server=hostile))
+        assert alert.enriched is False, hostile
+        assert alert.enrichment is None
+        assert alert.enrichment_note == enrich.BAD_INSTANCE
+        # Keystone's names are still looked up: the ids are fine.
+        assert alert.project_name == 'enrich-web'
+        time.sleep(0.3)                  # a late log line would show here
+        assert api_requests(nova) == before, hostile
+
+    for hostile in HOSTILE_REQUEST_IDS:
+        before = api_requests(nova)
+        alert = enricher_.enrich(make_alert(cloud, request_id=hostile))
+        assert alert.enriched is True          # the server is well-formed
+        assert 'action' not in alert.enrichment
+        assert alert.enrichment_note == enrich.BAD_REQUEST
+        wait_for_api_log(nova, len(before) + 1)
+        time.sleep(0.3)
+        new = api_requests(nova)[len(before):]
+        assert len(new) == 1, new
+        assert '/servers/%s ' % cloud['server'] in new[0] or \
+            '/servers/%s"' % cloud['server'] in new[0], new
+        assert 'os-instance-actions' not in new[0]
+
+
+def test_service_alert_with_a_hostile_instance_id_says_why(
+        tmp_path, cloud, rabbitmq_vhost, webhook_server):
+    hook = webhook_server()
+    config = '\n'.join([
+        '[DEFAULT]', 'transport_url = %s' % rabbitmq_vhost.url,
+        'region_name = RegionOne', 'rules = all',
+        '[rule:all]', 'events = *', 'receivers = hook',
+        '[receiver:hook]', 'driver = webhook', 'url = %s' % hook.url,
+        '[enrichment]', 'enabled = true', 'timeout = 2', 'cache_ttl = 0',
+        credentials(cloud['ks']), ''])
+    proc = service_process.ServiceProcess(tmp_path, config)
+    proc.start()
+    nova = cloud['nova']
+    try:
+        before = api_requests(nova)
+        with rq.Publisher(rabbitmq_vhost.url) as pub:
+            pub.publish({'request_id': 'x?all_tenants=1'}, 'compute.ctl-01',
+                        'compute.instance.update', 'INFO',
+                        {'instance_id': '../../os-hypervisors',
+                         'state': 'error', 'old_state': 'building',
+                         'tenant_id': cloud['project'],
+                         'display_name': 'web-07'})
+            [request] = hook.wait_for_requests(1, timeout=60)
+        alert = request.json['alerts'][0]
+        assert request.schema_errors == []
+        assert alert['instance']['uuid'] == '../../os-hypervisors'
+        assert alert['enriched'] is False
+        assert alert['enrichment_note'] == enrich.BAD_INSTANCE
+        assert alert['server'] is None and alert['action'] is None
+        assert alert['project_name'] == 'enrich-web'    # from Keystone
+        assert proc.wait_for('not enriched.*is not a UUID')
+    finally:
+        assert proc.stop() == 0
+    assert api_requests(nova) == before

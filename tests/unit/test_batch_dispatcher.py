@@ -21,6 +21,7 @@ import pytest
 from nova_error_notifier.endpoints import base as endpoint_base
 from nova_error_notifier.endpoints import versioned
 from nova_error_notifier import opts
+from nova_error_notifier import outbox
 from nova_error_notifier import record as rec
 from nova_error_notifier import service
 from tests.unit import nova_messages as nm
@@ -215,8 +216,123 @@ def test_a_record_that_breaks_the_sink_costs_only_itself(conf, logs):
     # The batch, then each record on its own.
     assert [[r.message_id for r in call] for call in sink.calls] == [
         ['a', 'b', 'c'], ['a'], ['b'], ['c']]
-    assert any('message_id=b' in line and 'Could not process' in line
+    # Without a rejection store, the line is what keeps it.
+    assert any('message_id=b' in line and 'Rejected notification' in line
                for line in logs), logs
+
+
+class Rejects:
+    """reject(): records what it was given; fails as told."""
+
+    def __init__(self, fail=None):
+        self.calls = []
+        self.fail = fail
+
+    def __call__(self, key, reason, item, metadata):
+        self.calls.append((key, reason, item.message_id))
+        if self.fail is not None:
+            raise self.fail
+
+
+def make_guarded(conf, sink, reject, healthy=True, attempts=3):
+    endpoints = service.load_endpoints(conf, lambda item: None)
+    return endpoint_base.BatchDispatcher(
+        endpoints, None, sink, reject=reject, healthy=lambda: healthy,
+        max_attempts=attempts)
+
+
+def poisoned(error, bad='b'):
+    return Sink(fail=lambda items: error if any(
+        r.message_id == bad for r in items) else None)
+
+
+@pytest.fixture
+def no_delay(monkeypatch):
+    monkeypatch.setattr(endpoint_base, 'REQUEUE_DELAY', 0)
+    monkeypatch.setitem(endpoint_base._requeue_state, 'logged_at', 0.0)
+
+
+def test_a_message_that_can_never_be_stored_is_rejected_at_once(
+        conf, logs, no_delay):
+    rejects = Rejects()
+    sink = poisoned(outbox.StoreError('DataError: value too long'))
+    dispatcher = make_guarded(conf, sink, rejects)
+    a, b, c = legacy_error('a'), versioned_error('b'), legacy_error('c')
+    assert dispatcher.dispatch([a, b, c]) == set()
+    stored = [[r.message_id for r in call] for call in sink.calls]
+    assert stored == [['a', 'b', 'c'], ['a'], ['b'], ['c']]
+    [(key, reason, message_id)] = rejects.calls
+    assert key == 'b' and message_id == 'b'
+    assert 'DataError: value too long' in reason and '1 try' in reason
+    assert any('Rejected notification message_id=b' in line
+               for line in logs), logs
+
+
+@pytest.mark.parametrize('error', [
+    rec.RetryLater('lock wait timeout'),
+    outbox.StoreError('IntegrityError: UNIQUE', retryable=True)],
+    ids=['lock', 'unique'])
+def test_a_failure_that_may_pass_is_retried_a_few_times(conf, no_delay,
+                                                        error):
+    rejects = Rejects()
+    dispatcher = make_guarded(conf, poisoned(error), rejects, attempts=3)
+    for attempt in (1, 2):
+        a, b = legacy_error('a%d' % attempt), versioned_error('b')
+        assert dispatcher.dispatch([a, b]) == {b}, attempt
+        assert rejects.calls == []
+    a, b = legacy_error('a3'), versioned_error('b')
+    assert dispatcher.dispatch([a, b]) == set()
+    assert [call[0] for call in rejects.calls] == ['b']
+    assert 'after 3 tries' in rejects.calls[0][1]
+
+
+def test_store_down_requeues_everything_and_counts_nothing(conf, no_delay):
+    rejects = Rejects()
+    sink = Sink(fail=lambda items: rec.RetryLater('connection refused'))
+    dispatcher = make_guarded(conf, sink, rejects, healthy=False)
+    batch = [legacy_error('a'), versioned_error('b')]
+    for _ in range(10):
+        assert dispatcher.dispatch(batch) == set(batch)
+    assert rejects.calls == []
+    # Never one by one while the store is down: one call per batch.
+    assert len(sink.calls) == 10
+
+
+def test_the_store_going_down_mid_batch_stops_counting(conf, no_delay):
+    state = {'up': True}
+    rejects = Rejects()
+
+    def fail(items):
+        if len(items) > 1:
+            return outbox.StoreError('IntegrityError', retryable=True)
+        state['up'] = False
+        return rec.RetryLater('server has gone away')
+    endpoints = service.load_endpoints(conf, lambda item: None)
+    dispatcher = endpoint_base.BatchDispatcher(
+        endpoints, None, Sink(fail=fail), reject=rejects,
+        healthy=lambda: state['up'])
+    batch = [legacy_error('a'), versioned_error('b'), legacy_error('c')]
+    assert dispatcher.dispatch(batch) == set(batch)
+    assert rejects.calls == [] and dispatcher._tries == {}
+
+
+def test_a_rejection_the_store_cannot_take_is_requeued(conf, no_delay):
+    rejects = Rejects(fail=rec.RetryLater('locked'))
+    dispatcher = make_guarded(conf, poisoned(ValueError('NUL byte')),
+                              rejects)
+    a, b = legacy_error('a'), versioned_error('b')
+    assert dispatcher.dispatch([a, b]) == {b}
+
+
+def test_a_rejection_that_fails_otherwise_leaves_the_record_in_the_log(
+        conf, logs, no_delay):
+    rejects = Rejects(fail=RuntimeError('bug in the rejection'))
+    dispatcher = make_guarded(conf, poisoned(RuntimeError('bug')), rejects)
+    a, b = legacy_error('a'), versioned_error('b')
+    assert dispatcher.dispatch([a, b]) == set()
+    [line] = [line for line in logs if 'all that is left' in line]
+    assert 'message_id=b' in line and 'record=' in line
+    assert 'versioned' in line
 
 
 def test_a_plain_endpoint_plugin_still_works(conf):

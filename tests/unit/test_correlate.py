@@ -302,6 +302,8 @@ class BrokenStore(outbox.Store):
         self.is_sqlite = True
         self.engine = sa.create_engine(self.url)
         self._lock = None
+        self._secrets = []
+        self.path = None
 
 
 def test_manage_commands(world, tmp_path, capsys):

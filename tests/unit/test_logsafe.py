@@ -12,6 +12,9 @@
 """Escaping of untrusted values on log lines (nova_error_notifier.logsafe)."""
 
 import random
+import re
+import sys
+import unicodedata
 
 import pytest
 
@@ -153,3 +156,61 @@ def test_limit_truncates():
 def test_non_string_values():
     assert logsafe.escape(ValueError('boom\nforged')) == 'boom\\nforged'
     assert logsafe.quote(12) == '12'
+
+
+# -- the complete class: every Cc, Cf, Zl and Zp character ------------------
+
+UNSAFE_CATEGORIES = ('Cc', 'Cf', 'Zl', 'Zp')
+
+
+def _all_characters():
+    return (chr(code) for code in range(sys.maxunicode + 1))
+
+
+def test_unsafe_class_covers_every_control_format_and_separator():
+    """Walks every code point with this Python's unicodedata."""
+    expected = ''.join(c for c in _all_characters()
+                       if unicodedata.category(c) in UNSAFE_CATEGORIES)
+    assert len(expected) > 200      # the walk did run (230 in Unicode 14)
+    missed = re.sub(logsafe.UNSAFE_CLASS, '', expected)
+    assert not missed, ['U+%04X %s' % (ord(c), unicodedata.category(c))
+                        for c in missed]
+    # And escape() leaves none of them raw, on one line.
+    out = logsafe.escape(expected)
+    assert out.isascii() and len(out.splitlines()) == 1
+
+
+def test_unsafe_class_spares_ordinary_text():
+    """Only those categories (and unassigned code points) are matched."""
+    regex = re.compile(logsafe.UNSAFE_CLASS)
+    for first, last in logsafe.UNSAFE_RANGES:
+        assert first <= last
+        for code in range(first, last + 1):
+            assert unicodedata.category(chr(code)) in \
+                UNSAFE_CATEGORIES + ('Cn',), 'U+%04X' % code
+    for text in ('web-01', 'caf\xe9', '\u65e5\u672c', '\U0001f600',
+                 '\xa0\u3000', 'a b\tc'.replace('\t', ' ')):
+        assert not regex.search(text), text
+
+
+@pytest.mark.parametrize('char, escaped', [
+    ('\xad', '\\xad'), ('\u061c', '\\u061c'), ('\u180e', '\\u180e'),
+    ('\u200b', '\\u200b'), ('\u200e', '\\u200e'), ('\u200f', '\\u200f'),
+    ('\u202e', '\\u202e'), ('\u2066', '\\u2066'), ('\ufeff', '\\ufeff'),
+    ('\ufff9', '\\ufff9'), ('\ufffb', '\\ufffb'), ('\U000110bd',
+                                                   '\\U000110bd'),
+    ('\U00013430', '\\U00013430'), ('\U000e0001', '\\U000e0001'),
+    ('\U000e0041', '\\U000e0041'), ('\U000e007f', '\\U000e007f'),
+])
+def test_format_characters_are_escaped(char, escaped):
+    assert logsafe.escape('a%sb' % char) == 'a%sb' % escaped
+    assert logsafe.quote('a%sb' % char) == '"a%sb"' % escaped
+
+
+@pytest.mark.parametrize('char', ['\xad', '\u061c', '\u180e', '\u200b',
+                                  '\u200e', '\u200f', '\u2066', '\ufff9'])
+def test_format_characters_round_trip(char):
+    value = 'name%send' % char
+    line = logsafe.pairs([('name', value), ('rule', 'r')])
+    assert char not in line
+    assert kvline.parse_pairs(line) == [('name', value), ('rule', 'r')]

@@ -314,8 +314,36 @@ class TestExceptionStrings:
             'class': 'nova.exception.ComputeHostNotFound'}))
         assert parsed.exception == 'ComputeHostNotFound'
         assert parsed.code == 404
-        assert dict(parsed.arguments) == {'host': 'hv-9',
-                                          'auth_token': '***'}
+        # A credential is not kept at all, not even masked.
+        assert dict(parsed.arguments) == {'host': 'hv-9'}
+
+    @pytest.mark.parametrize('key', [
+        'adminPass', 'admin_password', 'password', 'private_key',
+        'ssh_key', 'token', 'auth_token', 'secret', 'encryption_key',
+        'key_data', 'key', 'new_pass', 'credentials', 'client_secret'])
+    def test_secret_arguments_are_never_kept(self, key):
+        parsed = common.parse_exception(repr({
+            'kwargs': {key: 'S3cr3t-value', 'reason': 'bad'},
+            'message': 'Failed.', 'class': 'nova.exception.Invalid'}))
+        assert 'S3cr3t-value' not in repr(parsed.arguments)
+        assert key not in dict(parsed.arguments)
+
+    def test_harmless_arguments_are_kept(self):
+        parsed = common.parse_exception(repr({
+            'kwargs': {'key_name': 'mykey', 'host': 'h', 'flavor_id': 3},
+            'message': 'x', 'class': 'nova.exception.KeypairNotFound'}))
+        assert dict(parsed.arguments) == {'key_name': 'mykey', 'host': 'h',
+                                          'flavor_id': 3}
+
+    def test_credentials_in_messages_are_masked(self):
+        record = _legacy('compute.instance.create.error', {
+            'instance_id': 'i-1', 'state': 'building',
+            'exception': "InstancePasswordSetFailed('x')",
+            'message': "Failed: {'adminPass': 'Top-S3cret-1'} and "
+                       "password=Top-S3cret-2"})
+        text = _all_text(record)
+        assert 'Top-S3cret-1' not in text and 'Top-S3cret-2' not in text
+        assert 'Failed:' in record.message
 
     @pytest.mark.parametrize('text,cls,message', [
         ("libvirtError('a')", 'libvirtError', 'a'),
@@ -372,9 +400,40 @@ class TestHelpers:
         ('yesterday', None),
         (None, None),
         (1700000000, None),
+        # Out of Python's range once in UTC: the nearest time it has.
+        ('9999-12-31T23:59:59.999999-23:59',
+         datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)),
+        ('0001-01-01T00:00:00+23:59',
+         datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)),
+        ('9999-12-31 23:59:59', datetime.datetime(
+            9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc)),
+        ('2026-13-45 99:99:99', None),
+        ('2026-10-05T08:30:00+05:00', datetime.datetime(
+            2026, 10, 5, 3, 30, tzinfo=datetime.timezone.utc)),
     ])
     def test_parse_timestamp(self, value, expected):
         assert common.parse_timestamp(value) == expected
+
+    def test_year_9999_keeps_the_error(self):
+        metadata = dict(nm.metadata(),
+                        timestamp='9999-12-31 23:59:59.999999-23:59')
+        record = legacy.parse(
+            'ERROR', nm.context(), 'compute.hv-1',
+            'compute.instance.create.error',
+            {'instance_id': 'i-9', 'state': 'building',
+             'exception': "X('y')", 'message': 'X'}, metadata)
+        assert record.timestamp.year == 9999
+        assert rec.from_dict(rec.to_dict(record)) == record
+
+    def test_long_ids_stay_apart(self):
+        first = 'req-' + 'a' * 296
+        second = 'req-' + 'a' * 295 + 'b'
+        one, two = common.ident(first), common.ident(second)
+        assert one != two
+        assert len(one) <= common.MAX_SHORT and len(two) <= common.MAX_SHORT
+        assert one.startswith('req-aaaa')
+        assert common.ident('req-short') == 'req-short'
+        assert common.ident(None) is None and common.ident(True) is None
 
     def test_text_bounds_and_surrogates(self):
         assert common.text('a' * 300).endswith('...[truncated]')

@@ -12,6 +12,7 @@
 """``nova-error-notifier-replay``, in-process and as the console script."""
 
 import glob
+import json
 import logging
 import os
 import re
@@ -359,3 +360,51 @@ def test_missing_config_file_exits_2(run_replay, tmp_path):
     assert err.startswith('nova-error-notifier-replay: ')
     assert 'absent.conf' in err
     assert 'messages,' not in out
+
+
+RAW = ('\x1b', '\r', '\x00', '\u2028', '\u202e', '\x9b')
+HOSTILE = 'evil\nFORGED line \x1b[2J\r\n\u2028x\u202ey\x00z\x9b end'
+HOSTILE_ESCAPED = ('evil\\nFORGED line \\x1b[2J\\r\\n\\u2028x\\u202ey'
+                   '\\x00z\\x9b end')
+
+
+def test_hostile_event_types_and_values_are_escaped(run_replay, tmp_path):
+    conf_path = tmp_path / 'user.conf'
+    conf_path.write_text(textwrap.dedent('''\
+        [DEFAULT]
+        rules = all
+        [rule:all]
+        events = *
+        receivers = r1
+        [receiver:r1]
+        driver = log
+        '''))
+    lines_path = tmp_path / 'hostile.jsonl'
+    lines_path.write_text(json.dumps({
+        'message_id': 'm-1', 'publisher_id': 'compute.' + HOSTILE,
+        'event_type': 'compute.instance.update' + HOSTILE,
+        'priority': 'ERROR', 'timestamp': '2026-09-14 09:12:11.481790',
+        '_context_request_id': 'req-' + HOSTILE,
+        'payload': {'instance_id': 'b5e2c3f4-1a2b-4c3d-9e8f-7a6b5c4d3e2f',
+                    'display_name': HOSTILE, 'state': 'error',
+                    'old_state': HOSTILE, 'tenant_id': HOSTILE,
+                    'host': HOSTILE}}) + '\n')
+    status, out, err = run_replay(['--config-file', str(conf_path),
+                                   str(lines_path)])
+    for char in RAW:
+        assert char not in out, (char, out)
+    assert not any(line.startswith('FORGED') for line in out.splitlines())
+    headers = [line for line in out.splitlines()
+               if line.startswith(str(lines_path))]
+    assert headers == ['%s: compute.instance.update%s [ERROR]' % (
+        lines_path, HOSTILE_ESCAPED)], out
+    assert 'entered ERROR state (from %s)' % HOSTILE_ESCAPED in out
+    assert out.splitlines()[-1].startswith('1 messages, 1 errors '
+                                           'recognised, 1 alerts sent'), out
+    assert status == 0, out + err
+
+
+def test_out_escapes_what_it_prints(capsys):
+    replay._out('a\nb \x1b[31m \\n already escaped \u2028')
+    assert capsys.readouterr().out == \
+        'a\\nb \\x1b[31m \\n already escaped \\u2028\n'

@@ -1,0 +1,106 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Credentials out of URLs and texts, before they are shown anywhere.
+
+Database and transport URLs carry passwords (``mysql+pymysql://user:pw@db/``,
+``rabbit://nova:pw@ctl:5672/``) and sometimes secrets in their query string
+(``?ssl_key_password=...``); error messages of database drivers and HTTP
+libraries repeat the URL they failed on. Whatever prints, logs or stores a
+URL or such a message passes it through :func:`url` or :func:`text` first.
+"""
+
+import re
+from urllib import parse
+
+MASK = '***'
+
+#: Query parameters shown as they are: they configure, they never hold
+#: credentials. Every other parameter's value is masked.
+HARMLESS_QUERY_KEYS = frozenset((
+    'charset', 'client_encoding', 'connect_timeout', 'application_name',
+    'sslmode', 'ssl', 'ssl_ca', 'ssl_check_hostname', 'ssl_verify_cert',
+    'read_default_group', 'plugin', 'binary_prefix', 'heartbeat',
+    'heartbeat_interval', 'timeout', 'max_retries', 'ssl_version',
+    'kombu_compression', 'amqp_durable_queues'))
+
+# user:password@ after "scheme://", or after "," in a list of hosts
+# (rabbit://a:pw@h1,b:pw@h2/); the password may hold anything but '@', '/'.
+_USERINFO_RE = re.compile(
+    r'(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://|,)(?P<user>[^\s:/@,\'"]*):'
+    r'(?P<password>[^\s@/\'"]*)@')
+_QUERY_RE = re.compile(r'(?P<key>[?&;][^=&;#\s\'"]+)=(?P<value>[^&;#\s\'"]*)')
+
+
+def _mask_userinfo(match):
+    return '%s%s:%s@' % (match.group('pre'), match.group('user'), MASK)
+
+
+def _mask_query_match(match):
+    key = match.group('key')
+    if key[1:].lower() in HARMLESS_QUERY_KEYS:
+        return match.group(0)
+    return '%s=%s' % (key, MASK)
+
+
+def url(value):
+    """``value`` with the password and the query's secrets masked.
+
+    ``mysql+pymysql://nova:pw@db/x?charset=utf8&ssl_key=k`` becomes
+    ``mysql+pymysql://nova:***@db/x?charset=utf8&ssl_key=***``; every
+    host of a multi-host URL is masked.
+    """
+    if value is None:
+        return None
+    value = str(value)
+    head, sep, query = value.partition('?')
+    head = _USERINFO_RE.sub(_mask_userinfo, head)
+    if sep:
+        query = _QUERY_RE.sub(_mask_query_match, '?' + query)[1:]
+    return head + sep + query
+
+
+def text(value, secrets=()):
+    """A message with every URL's password and query values masked.
+
+    :param secrets: strings (passwords, tokens) to mask wherever they
+        appear, also percent-encoded.
+    """
+    if value is None:
+        return None
+    value = str(value)
+    for secret in secrets:
+        if not secret or len(secret) < 3:
+            continue
+        for form in {secret, parse.quote(secret, safe=''),
+                     parse.unquote(secret)}:
+            if form:
+                value = value.replace(form, MASK)
+    if '@' in value:
+        value = _USERINFO_RE.sub(_mask_userinfo, value)
+    if '://' in value and '=' in value:
+        value = _QUERY_RE.sub(_mask_query_match, value)
+    return value
+
+
+def url_secrets(value):
+    """The password and query values of a URL: what :func:`text` masks."""
+    found = []
+    try:
+        parts = parse.urlsplit(value or '')
+    except ValueError:
+        return found
+    if parts.password:
+        found.append(parts.password)
+    for key, item in parse.parse_qsl(parts.query, keep_blank_values=False):
+        if key.lower() not in HARMLESS_QUERY_KEYS:
+            found.append(item)
+    return found
