@@ -211,10 +211,21 @@ def _action(event_type):
     return name.replace('_', ' ') or event_type
 
 
+#: Longest instance name in a summary: the subject keeps room for the
+#: instance's short uuid and what failed.
+MAX_SUMMARY_NAME = 64
+
+
+def _bounded(name):
+    if len(name) > MAX_SUMMARY_NAME:
+        return name[:MAX_SUMMARY_NAME - 1] + '\u2026'
+    return name
+
+
 def summary(alert):
     """``build of web-01 (b5e2c3f4…) failed`` and the like."""
     if alert.instance_uuid:
-        target = ('%s (%s)' % (alert.instance_name, _short(
+        target = ('%s (%s)' % (_bounded(alert.instance_name), _short(
             alert.instance_uuid)) if alert.instance_name
             else 'instance %s' % _short(alert.instance_uuid))
     else:

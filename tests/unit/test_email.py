@@ -337,7 +337,7 @@ TEXT_LINE_STARTS = (
     'State:       ', 'Project:     ', 'User:        ', 'Host:        ',
     'Request ID:  ', 'Global request ID: ', 'Events:      ',
     'Seen:        ', 'Region:      ', 'Rule:        ', 'Alert ID:    ',
-    "From Nova's API", 'Server:      ', 'Fault:       ', 'Action:      ',
+    "Nova's API", 'Server:      ', 'Fault:       ', 'Action:      ',
     '  - ', email_driver.BLOCK_PREFIX, 'What to run next:',
     '  openstack ', '  grep ', 'Details:', '-- ', 'nova-error-notifier ',
     # digests
@@ -724,3 +724,13 @@ def test_random_subjects_read_back_as_written(tmp_path):
         assert email_driver.check_message(msg.as_bytes(), subject, 'text\n',
                                           '<p>html</p>\n') == [], value
         assert parse(msg)['Subject'] == subject, value
+
+
+def test_a_long_name_leaves_room_for_the_uuid_in_the_subject():
+    alert = dataclasses.replace(alert_mod.sample('r'),
+                                instance_name='n' * 3000)
+    text = email_driver.summary(alert)
+    assert '(00000000\u2026)' in text
+    assert len(text) < 120
+    subject = email_driver.Templates().render(alert, 'RegionOne')[0]
+    assert '00000000' in subject and len(subject) <= email_driver.MAX_SUBJECT
