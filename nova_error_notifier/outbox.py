@@ -566,13 +566,17 @@ class Store:
             return len(rows)
         return self.write(work)
 
-    def purge_dead(self, ids=None):
+    def _delete(self, table, ids=None):
+        """Delete every row of ``table`` (or those ids); return how many."""
         def work(conn):
-            query = dead_letters.delete()
+            query = table.delete()
             if ids:
-                query = query.where(dead_letters.c.id.in_(ids))
+                query = query.where(table.c.id.in_(ids))
             return conn.execute(query).rowcount
         return self.write(work)
+
+    def purge_dead(self, ids=None):
+        return self._delete(dead_letters, ids)
 
     # -- rejected messages --------------------------------------------------
 
@@ -622,12 +626,7 @@ class Store:
 
     def purge_rejected(self, ids=None):
         """Forget rejected messages (all, or those ids); return how many."""
-        def work(conn):
-            query = rejected_messages.delete()
-            if ids:
-                query = query.where(rejected_messages.c.id.in_(ids))
-            return conn.execute(query).rowcount
-        return self.write(work)
+        return self._delete(rejected_messages, ids)
 
     def counts(self):
         def work(conn):

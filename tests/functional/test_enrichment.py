@@ -175,16 +175,21 @@ def test_answers_are_cached(tmp_path, cloud):
         cloud['nova'].start_api()
 
 
-def test_service_webhook_shows_the_fault_then_survives_an_api_outage(
-        tmp_path, cloud, rabbitmq_vhost, webhook_server):
-    hook = webhook_server()
-    config = '\n'.join([
-        '[DEFAULT]', 'transport_url = %s' % rabbitmq_vhost.url,
+def webhook_config(vhost, hook, cloud):
+    """Every error to one webhook receiver, enriched from ``cloud``."""
+    return '\n'.join([
+        '[DEFAULT]', 'transport_url = %s' % vhost.url,
         'region_name = RegionOne', 'rules = all',
         '[rule:all]', 'events = *', 'receivers = hook',
         '[receiver:hook]', 'driver = webhook', 'url = %s' % hook.url,
         '[enrichment]', 'enabled = true', 'timeout = 2', 'cache_ttl = 0',
         credentials(cloud['ks']), ''])
+
+
+def test_service_webhook_shows_the_fault_then_survives_an_api_outage(
+        tmp_path, cloud, rabbitmq_vhost, webhook_server):
+    hook = webhook_server()
+    config = webhook_config(rabbitmq_vhost, hook, cloud)
     proc = service_process.ServiceProcess(tmp_path, config)
     proc.start()
     try:
@@ -291,13 +296,7 @@ def test_hostile_ids_make_no_api_request(tmp_path, cloud):
 def test_service_alert_with_a_hostile_instance_id_says_why(
         tmp_path, cloud, rabbitmq_vhost, webhook_server):
     hook = webhook_server()
-    config = '\n'.join([
-        '[DEFAULT]', 'transport_url = %s' % rabbitmq_vhost.url,
-        'region_name = RegionOne', 'rules = all',
-        '[rule:all]', 'events = *', 'receivers = hook',
-        '[receiver:hook]', 'driver = webhook', 'url = %s' % hook.url,
-        '[enrichment]', 'enabled = true', 'timeout = 2', 'cache_ttl = 0',
-        credentials(cloud['ks']), ''])
+    config = webhook_config(rabbitmq_vhost, hook, cloud)
     proc = service_process.ServiceProcess(tmp_path, config)
     proc.start()
     nova = cloud['nova']
