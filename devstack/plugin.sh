@@ -10,9 +10,10 @@
 #
 # - ``stack pre-install``: check the clone
 # - ``stack install``: install the package (``setup_develop``)
-# - ``stack post-config``: make Nova emit notifications, write
+# - ``stack post-config``: make Nova emit notifications, create the
+#   service's database (when DevStack runs MySQL or PostgreSQL), write
 #   ``$NOVA_ERROR_NOTIFIER_CONF``
-# - ``stack extra``: start the service
+# - ``stack extra``: ``db sync`` (MySQL, PostgreSQL), start the service
 # - ``unstack``: stop it
 # - ``clean``: remove its configuration and state
 
@@ -23,6 +24,96 @@ set -o xtrace
 
 # Functions
 # ---------
+
+# _nova_error_notifier_iniset file section option value - set ``option`` of
+# ``[section]`` in ``file`` to ``value``, where DevStack's ``iniset`` would
+# put it (the option's line replaced, else added right below the section's
+# header, the section appended when missing), with the value taken
+# literally: DevStack's ``iniset`` runs its value through an unquoted
+# ``echo``, which turns ``*`` into the names of the files of the current
+# directory, squeezes runs of blanks and takes ``-n`` or ``-e`` for its own
+# options. The value is written so that oslo.config reads exactly it:
+# ``$`` as ``\$`` (no interpolation), in double quotes when it starts or
+# ends with a blank, a quote or a non-ASCII character. It is not traced: it
+# may be a password.
+function _nova_error_notifier_iniset {
+    local xtrace
+    xtrace=$(set +o | grep xtrace)
+    set +o xtrace
+    local LC_ALL=C
+    local file=$1
+    local section=$2
+    local option=$3
+    local value=$4
+    local ends
+    local tmp
+
+    if [[ -z "$file" || -z "$section" || -z "$option" ]]; then
+        die $LINENO "_nova_error_notifier_iniset: file, section and option needed"
+    fi
+    if [[ "$value" == *[$'\n\r']* ]]; then
+        die $LINENO "[$section] $option of $file: the value holds a line break"
+    fi
+    value=${value//'$'/'\$'}
+    ends=${value:0:1}${value: -1}
+    if [[ -n "$value" && ( "$ends" == *[^[:graph:]]* || "$ends" == *[\"\']* ) ]]; then
+        value="\"$value\""
+    fi
+    if [[ ! -e "$file" ]]; then
+        touch "$file"
+    fi
+    tmp=$(mktemp "$file.XXXXXX")
+    _NOVA_ERROR_NOTIFIER_SECTION=$section \
+        _NOVA_ERROR_NOTIFIER_OPTION=$option \
+        _NOVA_ERROR_NOTIFIER_VALUE=$value \
+        awk '
+            function is_header(l) {
+                return substr(l, 1, 1) == "[" && index(substr(l, 2), "]") > 0
+            }
+            function is_option(l) {
+                return substr(l, 1, length(option)) == option &&
+                    substr(l, length(option) + 1) ~ /^[ \t]*=/
+            }
+            BEGIN {
+                header = "[" ENVIRON["_NOVA_ERROR_NOTIFIER_SECTION"] "]"
+                option = ENVIRON["_NOVA_ERROR_NOTIFIER_OPTION"]
+                value = ENVIRON["_NOVA_ERROR_NOTIFIER_VALUE"]
+            }
+            { line[NR] = $0 }
+            END {
+                inside = 0
+                replaced = 0
+                nheaders = 0
+                for (i = 1; i <= NR; i++) {
+                    if (inside && is_header(line[i])) {
+                        inside = 0
+                    } else if (substr(line[i], 1, length(header)) == header) {
+                        inside = 1
+                        headers[i] = 1
+                        nheaders++
+                    } else if (inside && is_option(line[i])) {
+                        match(substr(line[i], length(option) + 1), /^[ \t]*=[ \t]*/)
+                        line[i] = substr(line[i], 1, length(option) + RLENGTH) value
+                        replaced = 1
+                    }
+                }
+                for (i = 1; i <= NR; i++) {
+                    print line[i]
+                    if (!replaced && (i in headers)) {
+                        print option " = " value
+                    }
+                }
+                if (!replaced && nheaders == 0) {
+                    print ""
+                    print header
+                    print option " = " value
+                }
+            }' "$file" >"$tmp"
+    # In place: the file keeps its owner and mode
+    cat "$tmp" >"$file"
+    rm -f "$tmp"
+    $xtrace
+}
 
 # _nova_error_notifier_notification_url - the URL of the bus Nova sends its
 # notifications to, and the service listens to (empty if DevStack does not
@@ -67,31 +158,37 @@ function _nova_error_notifier_nova_confs {
 # configure_nova_for_nova_error_notifier - make every Nova service of this
 # node send its notifications to the bus
 function configure_nova_for_nova_error_notifier {
+    local xtrace
     local conf
     local url
     local confs=()
 
     # stack.sh runs configure_neutron_nova in the background during
     # post-config, and it edits nova.conf and nova-cpu.conf too: two
-    # ``iniset`` on one file at once can lose either's change.
+    # writers of one file at once can lose either's change.
     if declare -F async_wait >/dev/null; then
         async_wait configure_neutron_nova
     fi
 
+    # The URL holds the broker's password: not traced
+    xtrace=$(set +o | grep xtrace)
+    set +o xtrace
     url=$(_nova_error_notifier_notification_url)
     mapfile -t confs < <(_nova_error_notifier_nova_confs)
     for conf in "${confs[@]}"; do
-        iniset "$conf" oslo_messaging_notifications driver messagingv2
+        echo "Making the Nova services of $conf send notifications"
+        _nova_error_notifier_iniset "$conf" oslo_messaging_notifications driver messagingv2
         # A cell conductor's own transport_url names the cell's virtual
         # host: without a notification URL, its notifications would stay
         # there, out of the service's sight.
         if [[ -n "$url" && -z "$(iniget "$conf" oslo_messaging_notifications transport_url)" ]]; then
-            iniset "$conf" oslo_messaging_notifications transport_url "$url"
+            _nova_error_notifier_iniset "$conf" oslo_messaging_notifications transport_url "$url"
         fi
-        iniset "$conf" notifications notification_format "$NOVA_ERROR_NOTIFIER_NOTIFICATION_FORMAT"
+        _nova_error_notifier_iniset "$conf" notifications notification_format "$NOVA_ERROR_NOTIFIER_NOTIFICATION_FORMAT"
         # instance.update notifications into ERROR
-        iniset "$conf" notifications notify_on_state_change vm_and_task_state
+        _nova_error_notifier_iniset "$conf" notifications notify_on_state_change vm_and_task_state
     done
+    $xtrace
 }
 
 # check_nova_error_notifier_source - the clone made by enable_plugin is
@@ -122,59 +219,137 @@ function _nova_error_notifier_sample_conf {
     cp "$etc/nova_error_notifier.conf.sample" "$conf"
 }
 
-# configure_nova_error_notifier - write $NOVA_ERROR_NOTIFIER_CONF and create
-# the state directory
+# _nova_error_notifier_uses_database - whether the service keeps its
+# outbox in DevStack's database server (MySQL or PostgreSQL enabled on this
+# node and NOVA_ERROR_NOTIFIER_USE_DATABASE true), rather than in a SQLite
+# file in its state directory
+function _nova_error_notifier_uses_database {
+    [[ "$NOVA_ERROR_NOTIFIER_USE_DATABASE" == "True" ]] && is_service_enabled mysql postgresql
+}
+
+# _nova_error_notifier_secrets - write the options that hold a password
+# into $NOVA_ERROR_NOTIFIER_CONF: the broker's URLs, the database (created
+# anew when DevStack runs MySQL or PostgreSQL) and the Keystone user's
+# password. Nothing of it is traced: DevStack's functions put the passwords
+# on their command lines.
+function _nova_error_notifier_secrets {
+    local xtrace
+    local conf=$NOVA_ERROR_NOTIFIER_CONF
+    local db=$NOVA_ERROR_NOTIFIER_DATABASE_NAME
+    local url
+
+    xtrace=$(set +o | grep xtrace)
+    set +o xtrace
+    # DevStack's iniset_rpc_backend writes the broker's options (heartbeats
+    # and all); the URL is then written again literally, iniset's echo
+    # would mangle a password with a glob character or blanks.
+    iniset_rpc_backend nova-error-notifier "$conf" DEFAULT
+    url=
+    if declare -F get_transport_url >/dev/null; then
+        url=$(get_transport_url)
+    fi
+    if [[ -n "$url" ]]; then
+        _nova_error_notifier_iniset "$conf" DEFAULT transport_url "$url"
+    fi
+    url=$(_nova_error_notifier_notification_url)
+    if [[ -n "$url" ]]; then
+        _nova_error_notifier_iniset "$conf" oslo_messaging_notifications transport_url "$url"
+    fi
+
+    if _nova_error_notifier_uses_database; then
+        # The name goes into SQL statements unquoted
+        if [[ ! "$db" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
+            die $LINENO "NOVA_ERROR_NOTIFIER_DATABASE_NAME must be letters, digits and underscores"
+        fi
+        echo "Creating the database $db of nova-error-notifier"
+        recreate_database "$db"
+        url=$(database_connection_url "$db")
+        # DevStack installs psycopg2 for PostgreSQL, SQLAlchemy's default
+        # driver for postgresql:// since 2.1 is psycopg (3): name it
+        if [[ "$url" == postgresql://* ]]; then
+            url=postgresql+psycopg2://${url#postgresql://}
+        fi
+        _nova_error_notifier_iniset "$conf" database connection "$url"
+    fi
+
+    _nova_error_notifier_iniset "$conf" service_credentials password "$SERVICE_PASSWORD"
+    $xtrace
+}
+
+# init_nova_error_notifier - bring the service's database to the newest
+# schema, when it has one: the plugin's ([database] connection to
+# DevStack's server) or one set in local.conf. The default SQLite file is
+# brought there by the service itself.
+function init_nova_error_notifier {
+    local xtrace
+    local connection
+
+    # The URL holds the database's password: not traced
+    xtrace=$(set +o | grep xtrace)
+    set +o xtrace
+    connection=$(iniget "$NOVA_ERROR_NOTIFIER_CONF" database connection)
+    $xtrace
+    if [[ -n "${connection:+set}" ]]; then
+        "$NOVA_ERROR_NOTIFIER_BIN_DIR/nova-error-notifier-manage" \
+            --config-file "$NOVA_ERROR_NOTIFIER_CONF" db sync
+    fi
+}
+
+# configure_nova_error_notifier - write $NOVA_ERROR_NOTIFIER_CONF, create
+# the state directory and, on DevStack's database server, the database
 function configure_nova_error_notifier {
     local conf=$NOVA_ERROR_NOTIFIER_CONF
-    local url
     local receivers=log
 
     sudo install -d -o "$STACK_USER" -m 755 "$NOVA_ERROR_NOTIFIER_CONF_DIR"
-    sudo install -d -o "$STACK_USER" -m 750 "$NOVA_ERROR_NOTIFIER_STATE_DIR"
+    # 0700: the service refuses (or tightens) an outbox directory others
+    # can read
+    sudo install -d -o "$STACK_USER" -m 700 "$NOVA_ERROR_NOTIFIER_STATE_DIR"
 
     # Anew at each stack.sh: nothing left over from an earlier run (an
     # e-mail receiver since switched off, say)
     rm -f "$conf"
     _nova_error_notifier_sample_conf "$conf"
-    # It holds the broker's and the service user's passwords
+    # It holds the broker's, the database's and the service user's
+    # passwords
     chmod 640 "$conf"
 
-    iniset "$conf" DEFAULT debug "$ENABLE_DEBUG_LOG_LEVEL"
-    iniset_rpc_backend nova-error-notifier "$conf" DEFAULT
-    url=$(_nova_error_notifier_notification_url)
-    if [[ -n "$url" ]]; then
-        iniset "$conf" oslo_messaging_notifications transport_url "$url"
-    fi
-    iniset "$conf" DEFAULT region_name "$REGION_NAME"
-    iniset "$conf" listener pool "$NOVA_ERROR_NOTIFIER_POOL"
-    iniset "$conf" delivery state_dir "$NOVA_ERROR_NOTIFIER_STATE_DIR"
+    # Every value goes through _nova_error_notifier_iniset, not iniset:
+    # iniset's unquoted echo would make "*" the names of the files of
+    # stack.sh's directory.
+    _nova_error_notifier_iniset "$conf" DEFAULT debug "$ENABLE_DEBUG_LOG_LEVEL"
+    _nova_error_notifier_secrets
+    _nova_error_notifier_iniset "$conf" DEFAULT region_name "$REGION_NAME"
+    _nova_error_notifier_iniset "$conf" listener pool "$NOVA_ERROR_NOTIFIER_POOL"
+    # The SQLite outbox's directory (unused when [database] connection is
+    # set)
+    _nova_error_notifier_iniset "$conf" delivery state_dir "$NOVA_ERROR_NOTIFIER_STATE_DIR"
 
     # One rule: every error, to the log (and by e-mail when an SMTP server
     # is given)
-    iniset "$conf" DEFAULT rules default
-    iniset "$conf" rule:default events "*"
-    iniset "$conf" receiver:log driver log
+    _nova_error_notifier_iniset "$conf" DEFAULT rules default
+    _nova_error_notifier_iniset "$conf" rule:default events "*"
+    _nova_error_notifier_iniset "$conf" receiver:log driver log
     if [[ -n "$NOVA_ERROR_NOTIFIER_SMTP_HOST" ]]; then
         receivers="log, email"
-        iniset "$conf" receiver:email driver email
-        iniset "$conf" receiver:email to "$NOVA_ERROR_NOTIFIER_EMAIL_TO"
-        iniset "$conf" receiver:email staff_users "$NOVA_ERROR_NOTIFIER_EMAIL_STAFF_USERS"
-        iniset "$conf" email smtp_host "$NOVA_ERROR_NOTIFIER_SMTP_HOST"
+        _nova_error_notifier_iniset "$conf" receiver:email driver email
+        _nova_error_notifier_iniset "$conf" receiver:email to "$NOVA_ERROR_NOTIFIER_EMAIL_TO"
+        _nova_error_notifier_iniset "$conf" receiver:email staff_users "$NOVA_ERROR_NOTIFIER_EMAIL_STAFF_USERS"
+        _nova_error_notifier_iniset "$conf" email smtp_host "$NOVA_ERROR_NOTIFIER_SMTP_HOST"
         if [[ -n "$NOVA_ERROR_NOTIFIER_SMTP_PORT" ]]; then
-            iniset "$conf" email smtp_port "$NOVA_ERROR_NOTIFIER_SMTP_PORT"
+            _nova_error_notifier_iniset "$conf" email smtp_port "$NOVA_ERROR_NOTIFIER_SMTP_PORT"
         fi
-        iniset "$conf" email from_address "$NOVA_ERROR_NOTIFIER_EMAIL_FROM"
+        _nova_error_notifier_iniset "$conf" email from_address "$NOVA_ERROR_NOTIFIER_EMAIL_FROM"
     fi
-    iniset "$conf" rule:default receivers "$receivers"
+    _nova_error_notifier_iniset "$conf" rule:default receivers "$receivers"
 
     # Keystone, for the staff users
-    iniset "$conf" service_credentials auth_type password
-    iniset "$conf" service_credentials auth_url "$KEYSTONE_SERVICE_URI"
-    iniset "$conf" service_credentials username "$NOVA_ERROR_NOTIFIER_SERVICE_USER"
-    iniset "$conf" service_credentials password "$SERVICE_PASSWORD"
-    iniset "$conf" service_credentials project_name "$SERVICE_PROJECT_NAME"
-    iniset "$conf" service_credentials user_domain_name "$SERVICE_DOMAIN_NAME"
-    iniset "$conf" service_credentials project_domain_name "$SERVICE_DOMAIN_NAME"
+    _nova_error_notifier_iniset "$conf" service_credentials auth_type password
+    _nova_error_notifier_iniset "$conf" service_credentials auth_url "$KEYSTONE_SERVICE_URI"
+    _nova_error_notifier_iniset "$conf" service_credentials username "$NOVA_ERROR_NOTIFIER_SERVICE_USER"
+    _nova_error_notifier_iniset "$conf" service_credentials project_name "$SERVICE_PROJECT_NAME"
+    _nova_error_notifier_iniset "$conf" service_credentials user_domain_name "$SERVICE_DOMAIN_NAME"
+    _nova_error_notifier_iniset "$conf" service_credentials project_domain_name "$SERVICE_DOMAIN_NAME"
 
     setup_logging "$conf"
 }
@@ -223,8 +398,11 @@ elif [[ "$1" == "stack" && "$2" == "post-config" ]]; then
     fi
 
 elif [[ "$1" == "stack" && "$2" == "extra" ]]; then
+    # After local.conf's [[post-config|...]] sections were merged into the
+    # configuration file: db sync sees the [database] connection they set
     if is_service_enabled nova-error-notifier; then
-        echo_summary "Starting nova-error-notifier"
+        echo_summary "Initializing and starting nova-error-notifier"
+        init_nova_error_notifier
         start_nova_error_notifier
     fi
 fi

@@ -56,11 +56,17 @@ import time
 import uuid
 
 from oslo_config import cfg
+from oslo_db import api as db_api
+from oslo_db import exception as db_exc
+from oslo_db import options as db_options
+from oslo_db.sqlalchemy import engines
+from oslo_db.sqlalchemy import exc_filters
 from oslo_log import log
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy import exc as sa_exc
 
+from nova_error_notifier import migration
 from nova_error_notifier import record as rec
 from nova_error_notifier import redact
 
@@ -71,12 +77,16 @@ GROUP = 'delivery'
 DELIVERY_OPTS = [
     cfg.StrOpt('connection',
                secret=True,
-               help='SQLAlchemy URL of the outbox database, as oslo.db\'s '
-                    '[database] connection (e.g. '
-                    'mysql+pymysql://user:pass@db/nova_error_notifier). '
-                    'Default: a SQLite file in WAL mode in state_dir.'),
+               deprecated_for_removal=True,
+               deprecated_reason='The outbox is configured like every '
+                                 'OpenStack service\'s database: use '
+                                 '[database] connection.',
+               help='SQLAlchemy URL of the outbox database. Deprecated '
+                    'alias of [database] connection, which wins when both '
+                    'are set.'),
     cfg.StrOpt('state_dir',
-               help='Directory of the default SQLite outbox. Default: '
+               help='Directory of the default SQLite outbox, used when '
+                    '[database] connection is not set. Default: '
                     '/var/lib/nova-error-notifier, or '
                     '~/.local/state/nova-error-notifier for a user who '
                     'cannot write there.'),
@@ -137,21 +147,27 @@ metadata = sa.MetaData()
 JSONText = sa.Text().with_variant(mysql.MEDIUMTEXT(), 'mysql')
 #: Length of the identifier and name columns.
 KEY_LENGTH = 255
+#: Identifier columns compare byte for byte on MySQL too (its default
+#: collations take "ABC" and "abc " for "abc").
+KeyString = sa.String(KEY_LENGTH).with_variant(
+    mysql.VARCHAR(KEY_LENGTH, charset='utf8mb4', collation='utf8mb4_bin'),
+    'mysql')
 #: Longest display text kept in a Text column (a MySQL TEXT holds 65,535
 #: bytes: 16,000 characters of up to four bytes).
 MAX_TEXT = 16000
 _HASHED = 'sha256:'
-_KEY_UNSAFE_RE = re.compile('[\x00-\x1f\x7f-\x9f]')
+_KEY_UNSAFE_RE = re.compile('[\x00-\x1f\x7f-\x9f]|\\A\\s|\\s\\Z')
 _NUL_RE = re.compile('[\x00\ud800-\udfff]')
 
 
 def fit_key(value, length=KEY_LENGTH):
     """An identifier that fits a ``String(length)`` key column.
 
-    Short, clean values are kept as they are; a longer one, or one with
-    control characters (a NUL byte, which PostgreSQL refuses), or one that
-    looks like a hash already, becomes ``sha256:<hex>`` of the whole value:
-    two different ids never map to one key, as a cut prefix would.
+    Short, clean values are kept as they are; a longer one, one with
+    control characters (a NUL byte, which PostgreSQL refuses) or leading or
+    trailing white space (which MySQL ignores when it compares), or one
+    that looks like a hash already, becomes ``sha256:<hex>`` of the whole
+    value: two different ids never map to one key, as a cut prefix would.
     """
     if value is None:
         return None
@@ -177,7 +193,7 @@ def fit_text(value, length=MAX_TEXT):
 
 messages = sa.Table(
     'messages', metadata,
-    sa.Column('message_id', sa.String(255), primary_key=True),
+    sa.Column('message_id', KeyString, primary_key=True),
     sa.Column('incident_id', sa.String(36), nullable=True),
     sa.Column('received_at', sa.Float, nullable=False, index=True),
 )
@@ -185,9 +201,9 @@ messages = sa.Table(
 incidents = sa.Table(
     'incidents', metadata,
     sa.Column('id', sa.String(36), primary_key=True),
-    sa.Column('key', sa.String(255), nullable=False, unique=True),
-    sa.Column('request_id', sa.String(255), nullable=True, index=True),
-    sa.Column('instance_uuid', sa.String(255), nullable=True, index=True),
+    sa.Column('key', KeyString, nullable=False, unique=True),
+    sa.Column('request_id', KeyString, nullable=True, index=True),
+    sa.Column('instance_uuid', KeyString, nullable=True, index=True),
     sa.Column('state', sa.String(16), nullable=False, index=True),
     sa.Column('records', JSONText, nullable=False),
     sa.Column('message_count', sa.Integer, nullable=False, default=1),
@@ -246,7 +262,7 @@ digests = sa.Table(
 rejected_messages = sa.Table(
     'rejected_messages', metadata,
     sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column('message_key', sa.String(255), nullable=False, unique=True),
+    sa.Column('message_key', KeyString, nullable=False, unique=True),
     sa.Column('event_type', sa.String(255), nullable=True),
     sa.Column('priority', sa.String(16), nullable=True),
     sa.Column('publisher_id', sa.String(255), nullable=True),
@@ -284,12 +300,20 @@ class StoreConfigError(ValueError):
     """The outbox cannot be opened safely as configured."""
 
 
+DATABASE_GROUP = 'database'
+
+
 def register_opts(conf):
     conf.register_opts(DELIVERY_OPTS, group=GROUP)
+    # oslo.db's [database] options (connection, max_retries,
+    # connection_recycle_time, mysql_wsrep_sync_wait...), as every
+    # OpenStack service has them.
+    conf.register_opts(db_options.database_opts, group=DATABASE_GROUP)
 
 
 def list_opts():
-    return [(GROUP, DELIVERY_OPTS)]
+    return [(GROUP, DELIVERY_OPTS),
+            (DATABASE_GROUP, db_options.database_opts)]
 
 
 SYSTEM_STATE_DIR = '/var/lib/nova-error-notifier'
@@ -309,7 +333,11 @@ def default_state_dir():
 
 
 def connection_url(conf):
+    """[database] connection, its deprecated alias, or the SQLite file."""
+    register_opts(conf)
     options = conf[GROUP]
+    if conf[DATABASE_GROUP].connection:
+        return conf[DATABASE_GROUP].connection
     if options.connection:
         return options.connection
     state_dir = options.state_dir or default_state_dir()
@@ -388,7 +416,14 @@ def _sqlite_pragmas(dbapi_connection, connection_record):
 class Store:
     """Transactions on the outbox. Thread-safe."""
 
-    def __init__(self, url, clock=time.time):
+    #: oslo.db options passed to its engine for a shared database.
+    ENGINE_OPTIONS = ('mysql_sql_mode', 'mysql_wsrep_sync_wait',
+                      'connection_recycle_time', 'connection_debug',
+                      'max_pool_size', 'max_overflow', 'pool_timeout',
+                      'connection_trace', 'max_retries', 'retry_interval',
+                      'connection_parameters')
+
+    def __init__(self, url, clock=time.time, engine_options=None):
         self.url = url
         self.clock = clock
         self.owner = '%s-%s' % (os.getpid(), uuid.uuid4().hex[:8])
@@ -413,17 +448,54 @@ class Store:
                                    'timeout': 10},
                 poolclass=sa.pool.StaticPool)
             sa.event.listen(self.engine, 'connect', _sqlite_pragmas)
+            # oslo.db's exception filters: deadlocks, lost connections and
+            # duplicate keys are told apart on every backend alike.
+            exc_filters.register_engine(self.engine)
         else:
-            self.engine = sa.create_engine(url, pool_pre_ping=True)
+            # oslo.db's engine: connection retries at start-up, pool
+            # recycling, MySQL's sql_mode and Galera's wsrep_sync_wait, its
+            # exception filters.
+            with self._guard():
+                self.engine = engines.create_engine(
+                    url, **dict(engine_options or {}))
         self._lock = threading.Lock() if self.is_sqlite else None
 
     @classmethod
     def from_conf(cls, conf):
-        return cls(connection_url(conf))
+        url = connection_url(conf)
+        options = conf[DATABASE_GROUP]
+        engine_options = {name: options[name]
+                          for name in cls.ENGINE_OPTIONS}
+        return cls(url, engine_options=engine_options)
+
+    def upgrade(self, revision='head'):
+        """Bring the schema to ``revision`` (``db sync``)."""
+        with self._guard():
+            lock = self._lock or contextlib.nullcontext()
+            with lock:
+                before, after = migration.upgrade(self.engine, revision)
+        self._private_files()
+        return before, after
 
     def create_schema(self):
+        """The schema at head (what the default SQLite outbox does)."""
+        return self.upgrade()
+
+    def schema_problem(self):
+        """Why the schema cannot be used as it is (not at head), or None."""
         with self._guard():
-            metadata.create_all(self.engine)
+            lock = self._lock or contextlib.nullcontext()
+            with lock:
+                return migration.problem(self.engine)
+
+    def schema_version(self):
+        """(revision or None, head)."""
+        with self._guard():
+            lock = self._lock or contextlib.nullcontext()
+            with lock:
+                return migration.version(self.engine)[0], migration.head()
+
+    def _private_files(self):
         if self.path:
             # SQLite makes -wal and -shm with the database's mode; make
             # sure of it.
@@ -457,6 +529,18 @@ class Store:
             yield
         except (StoreUnavailable, StoreError):
             raise
+        except (db_exc.DBDeadlock, db_exc.DBConnectionError,
+                db_exc.RetryRequest) as exc:
+            raise StoreUnavailable(self._reason(exc))
+        except db_exc.DBDuplicateEntry as exc:
+            raise StoreError(self._reason(exc), retryable=True)
+        except db_exc.DBError as exc:
+            inner = exc.inner_exception
+            if isinstance(inner, self.TRANSIENT):
+                raise StoreUnavailable(self._reason(exc))
+            raise StoreError(self._reason(exc),
+                             retryable=isinstance(inner,
+                                                  sa_exc.IntegrityError))
         except self.TRANSIENT as exc:
             raise StoreUnavailable(self._reason(exc))
         except sa_exc.IntegrityError as exc:
@@ -469,6 +553,9 @@ class Store:
             raise StoreError(self._reason(exc))
 
     def _reason(self, exc):
+        inner = getattr(exc, 'inner_exception', None)
+        if inner is not None:
+            exc = inner
         orig = getattr(exc, 'orig', None)
         name = type(orig if orig is not None else exc).__name__
         text = str(orig if orig is not None else exc).split('\n')[0]
@@ -488,10 +575,23 @@ class Store:
     def write(self, work):
         """Run ``work(connection)`` in one transaction and return its value.
 
+        A deadlock or a lost connection (another replica, a Galera
+        failover) runs the whole transaction again, a few times, before
+        giving up.
+
         :raises StoreUnavailable: when the database cannot be written.
+        :raises StoreError: when this write cannot succeed.
         """
+        with self._guard():
+            return self._write_retried(work)
+
+    @db_api.wrap_db_retry(max_retries=4, retry_interval=0.05,
+                          inc_retry_interval=True, max_retry_interval=1,
+                          retry_on_deadlock=True, retry_on_disconnect=True,
+                          jitter=True)
+    def _write_retried(self, work):
         lock = self._lock or contextlib.nullcontext()
-        with self._guard(), lock, self.engine.begin() as connection:
+        with lock, self.engine.begin() as connection:
             return work(connection)
 
     def read(self, work):

@@ -18,6 +18,7 @@ libraries repeat the URL they failed on. Whatever prints, logs or stores a
 URL or such a message passes it through :func:`url` or :func:`text` first.
 """
 
+import logging
 import re
 from urllib import parse
 
@@ -104,3 +105,66 @@ def url_secrets(value):
         if key.lower() not in HARMLESS_QUERY_KEYS:
             found.append(item)
     return found
+
+
+#: Options whose values (and URL passwords and query values) are masked
+#: in every log line, whichever library writes it.
+SECRET_OPTIONS = (
+    (None, 'transport_url'),
+    ('oslo_messaging_notifications', 'transport_url'),
+    ('database', 'connection'),
+    ('database', 'slave_connection'),
+    ('delivery', 'connection'),
+    ('email', 'smtp_password'),
+    ('service_credentials', 'password'),
+)
+
+
+def conf_secrets(conf):
+    """The secrets of the service's own options (see SECRET_OPTIONS)."""
+    found = []
+    for group, name in SECRET_OPTIONS:
+        try:
+            value = conf[group][name] if group else conf[name]
+        except Exception:       # not registered in this command
+            continue
+        if not value or not isinstance(value, str):
+            continue
+        if '://' in value:
+            found.extend(url_secrets(value))
+        else:
+            found.append(value)
+    return [s for s in found if s and len(s) >= 3]
+
+
+class LogFilter(logging.Filter):
+    """Masks URL credentials and known secrets in every log record.
+
+    Installed on the root logger's handlers, so that it also covers
+    libraries that log a URL themselves (oslo.db warns about a URL without
+    a driver name, with its query string).
+    """
+
+    def __init__(self, secrets=()):
+        super().__init__()
+        self.secrets = list(secrets)
+
+    def filter(self, record):
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        cleaned = text(message, self.secrets)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def protect_logs(conf):
+    """Install :class:`LogFilter` on every handler of the root logger."""
+    scrubber = LogFilter(conf_secrets(conf))
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, LogFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(scrubber)
+    return scrubber

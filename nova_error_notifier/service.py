@@ -194,12 +194,28 @@ def describe_transport(conf, transport):
         return '(transport URL not shown)'
 
 
-def open_store(conf):
-    """The outbox, its schema created; a broken one raises StartupError."""
+def open_store(conf, upgrade_sqlite=True):
+    """The outbox, its schema usable; a broken one raises StartupError.
+
+    The default SQLite file is brought to the newest schema here; a shared
+    database (MySQL, PostgreSQL) must have been brought there by ``db
+    sync``: several replicas must not alter one schema at once.
+    """
     url = outbox.connection_url(conf)
+    if conf.delivery.connection and not conf.database.connection:
+        LOG.warning('[delivery] connection is deprecated: set [database] '
+                    'connection instead')
     try:
-        store = outbox.Store(url)
-        store.create_schema()
+        store = outbox.Store.from_conf(conf)
+        if store.is_sqlite and upgrade_sqlite:
+            before, after = store.upgrade()
+            if before is not None and before != after:
+                LOG.info('Outbox schema upgraded from %s to revision %s',
+                         before, after)
+        else:
+            problem = store.schema_problem()
+            if problem:
+                raise outbox.StoreConfigError(problem)
     except outbox.StoreConfigError as exc:
         raise StartupError('[delivery] %s' % redact.text(
             exc, redact.url_secrets(url)))

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: style checks (pep8), then
 # unit tests, the conformance test over the shared Nova corpus and the
-# functional tests against a real RabbitMQ (installed with apt-get when
-# missing) in one tox environment ("all").
+# functional tests against a real RabbitMQ, MariaDB and PostgreSQL
+# (installed with apt-get when missing; the database servers are started and
+# given oslo.db's openstack_citest account) in one tox environment ("all").
 #
 # Usage: tools/run-tests.sh [tox environments, default "pep8,all"]
 set -euo pipefail
@@ -16,7 +17,11 @@ log() {
 }
 
 case ",$envs," in
-    *,all,*|*,functional,*) ./tools/ensure-rabbitmq.sh ;;
+    *,all,*|*,functional,*)
+        ./tools/ensure-rabbitmq.sh
+        ./tools/ensure-mariadb.sh
+        ./tools/ensure-postgresql.sh
+        ;;
 esac
 
 # Debian and Ubuntu ship venv support in a separate package.

@@ -24,6 +24,8 @@
     nova-error-notifier-manage --config-file F rejected show ID
     nova-error-notifier-manage --config-file F rejected purge [ID ...]
     nova-error-notifier-manage --config-file F stats
+    nova-error-notifier-manage --config-file F db sync
+    nova-error-notifier-manage --config-file F db version
 
 Everything a command prints goes through one function that escapes it as
 log lines are escaped (:func:`nova_error_notifier.logsafe.escape`): event
@@ -48,6 +50,7 @@ from nova_error_notifier import logsafe
 from nova_error_notifier import outbox
 from nova_error_notifier import receivers as receivers_mod
 from nova_error_notifier import record as rec
+from nova_error_notifier import redact
 from nova_error_notifier import rules as rules_mod
 from nova_error_notifier import service
 from nova_error_notifier import version
@@ -92,9 +95,30 @@ def _json_lines(value):
 
 
 def _store(conf):
+    """The outbox as the service would use it (schema at head)."""
+    try:
+        return service.open_store(conf)
+    except service.StartupError as exc:
+        raise outbox.StoreConfigError(str(exc))
+
+
+def do_db(conf):
+    """``db sync`` and ``db version``."""
     store = outbox.Store.from_conf(conf)
-    store.create_schema()
-    return store
+    where = store.describe()
+    if conf.command.action == 'version':
+        at, newest = store.schema_version()
+        _out('%s: revision %s (newest: %s)%s' % (
+            where, at or 'none', newest,
+            '' if at == newest else '; run "db sync"'))
+        return 0
+    before, after = store.upgrade()
+    if before == after:
+        _out('%s: already at revision %s' % (where, after))
+    else:
+        _out('%s: upgraded from %s to revision %s' % (
+            where, before or 'an empty database', after))
+    return 0
 
 
 def do_pending(conf):
@@ -386,6 +410,13 @@ def _add_parsers(subparsers):
     stats = subparsers.add_parser(
         'stats', help='Count incidents and deliveries by state.')
     stats.set_defaults(func=do_stats)
+    db = subparsers.add_parser(
+        'db', help='The outbox database schema: "sync" brings it to the '
+                   'newest revision (run it before starting upgraded '
+                   'replicas on a shared database), "version" says where '
+                   'it is.')
+    db.add_argument('action', choices=('sync', 'version'))
+    db.set_defaults(func=do_db)
 
 
 COMMAND_OPT = cfg.SubCommandOpt('command', title='Commands',
@@ -407,6 +438,7 @@ def main(argv=None):
         return 2
     log.setup(conf, service_cmd.PROJECT)
     logsafe.protect_handlers()
+    redact.protect_logs(conf)
     try:
         return conf.command.func(conf)
     except _UsageError as exc:

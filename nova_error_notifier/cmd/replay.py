@@ -33,6 +33,7 @@ from nova_error_notifier.endpoints import base as endpoint_base
 from nova_error_notifier import logsafe
 from nova_error_notifier import pipeline as pipeline_mod
 from nova_error_notifier import record as rec
+from nova_error_notifier import redact
 from nova_error_notifier import service
 from nova_error_notifier import version
 from nova_error_notifier import wire
@@ -131,6 +132,7 @@ def main(argv=None):
         return 2
     log.setup(conf, service_cmd.PROJECT)
     logsafe.protect_handlers()
+    redact.protect_logs(conf)
     _out('nova-error-notifier-replay %s, configuration: %s' % (
         version.version_string(), ', '.join(conf.config_file) or
         ', '.join(conf.default_config_files or []) or 'built-in defaults'))

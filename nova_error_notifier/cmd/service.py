@@ -20,6 +20,7 @@ from oslo_log import log
 from nova_error_notifier import config
 from nova_error_notifier import logsafe
 from nova_error_notifier import opts
+from nova_error_notifier import redact
 from nova_error_notifier import service
 from nova_error_notifier import version
 
@@ -65,6 +66,7 @@ def main(argv=None):
         return 2
     log.setup(conf, PROJECT)
     logsafe.protect_handlers()
+    redact.protect_logs(conf)
     LOG.info('nova-error-notifier %s starting (config files: %s)',
              version.version_string(),
              ', '.join(conf.config_file) or 'none')

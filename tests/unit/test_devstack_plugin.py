@@ -11,26 +11,36 @@
 # under the License.
 """The DevStack plugin (devstack/), run by bash through every phase.
 
-DevStack itself is replaced by a few stand-ins for the functions the plugin
-calls (``iniset`` really edits INI files, the others record their calls);
-every path points into a temporary directory.
+DevStack itself is replaced by devstack_functions.sh: the functions the
+plugin calls, written to behave as DevStack's own, quirks included (the
+unquoted ``echo`` of ``iniset``, run in a directory with files as stack.sh's
+is). Every path points into a temporary directory; the database clients
+(``mysql``, ``psql``, ``createdb``) and ``nova-error-notifier-manage`` are
+recording stand-ins, except in the tests on the real MariaDB and
+PostgreSQL test servers (tests/databases.py).
 """
 
 import configparser
 import getpass
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
 
+from oslo_config import cfg
 import pytest
+import sqlalchemy as sa
 
 from nova_error_notifier.cmd import service as service_cmd
 from nova_error_notifier import config as config_mod
+from nova_error_notifier import migration
+from tests import databases
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 PLUGIN_DIR = os.path.join(ROOT, 'devstack')
+STANDIN_DIR = os.path.dirname(os.path.abspath(__file__))
 SAMPLE = os.path.join(ROOT, 'etc', 'nova_error_notifier',
                       'nova_error_notifier.conf.sample')
 BIN_DIR = os.path.dirname(sys.executable)
@@ -43,190 +53,47 @@ KEYSTONE_URI = 'http://192.0.2.10/identity'
 PHASES = (('stack', 'pre-install'), ('stack', 'install'),
           ('stack', 'post-config'), ('stack', 'extra'), ('unstack',),
           ('clean',))
+# What stack.sh's directory holds: an unquoted "*" becomes these
+DEVSTACK_FILES = ('clean.sh', 'functions', 'functions-common', 'local.conf',
+                  'stack.sh', 'stackrc', 'unstack.sh')
+NO_DATABASE = 'key,rabbit,n-api,n-cond,n-sch,n-cpu'
+WITH_MYSQL = 'key,rabbit,mysql,n-api,n-cond,n-sch,n-cpu'
 
-# A real (small) iniset/iniget, editing lines in place as DevStack's do:
-# an option is replaced where it is, or added right below its section's
-# header; a missing section is appended.
-INIFILE_PY = r'''
-import os
-import re
-import sys
-
-
-def section_range(lines, section):
-    start = None
-    for i, line in enumerate(lines):
-        name = line.strip()
-        if name.startswith('[') and name.endswith(']'):
-            if start is not None:
-                return start, i
-            if name[1:-1] == section:
-                start = i
-    return (start, len(lines)) if start is not None else (None, None)
-
-
-def find(lines, start, end, option):
-    pattern = re.compile(r'^\s*%s\s*=' % re.escape(option))
-    for i in range(start + 1, end):
-        if pattern.match(lines[i]):
-            return i
-    return None
-
-
-def main(action, path, section, option, value=None):
-    lines = []
-    if os.path.exists(path):
-        with open(path) as f:
-            lines = f.read().splitlines()
-    start, end = section_range(lines, section)
-    if action == 'get':
-        if start is not None:
-            i = find(lines, start, end, option)
-            if i is not None:
-                print(lines[i].split('=', 1)[1].strip())
-        return
-    line = '%s = %s' % (option, value)
-    if start is None:
-        lines += ['', '[%s]' % section, line]
-    else:
-        i = find(lines, start, end, option)
-        if i is None:
-            lines.insert(start + 1, line)
-        else:
-            lines[i] = line
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-
-
-main(*sys.argv[1:])
-'''
-
-# Stand-ins for the DevStack functions the plugin uses. Each call is
-# recorded in $STANDIN_LOG, one line, its arguments separated by tabs.
-STANDINS_SH = r'''
-function _record {
-    local IFS=$'\t'
-    echo "$*" >>"$STANDIN_LOG"
-}
-
-function iniset {
-    if [[ "$1" == "-sudo" ]]; then
-        shift
-    fi
-    _record iniset "$@"
-    "$STANDIN_PYTHON" "$STANDIN_DIR/inifile.py" set "$@"
-}
-
-function iniget {
-    "$STANDIN_PYTHON" "$STANDIN_DIR/inifile.py" get "$@"
-}
-
-function get_transport_url {
-    echo "$STANDIN_RABBIT_URL${1:-}"
-}
-
-function get_notification_url {
-    echo "$STANDIN_RABBIT_URL${1:-}"
-}
-
-function iniset_rpc_backend {
-    _record iniset_rpc_backend "$@"
-    iniset "$2" "${3:-DEFAULT}" transport_url "$(get_transport_url "${4:-}")"
-}
-
-function get_python_exec_prefix {
-    echo "$STANDIN_BIN_DIR"
-}
-
-function trueorfalse {
-    local default=$1
-    local value=${!2:-$default}
-    case ${value,,} in
-        1|yes|true|on) echo True ;;
-        0|no|false|off) echo False ;;
-        *) echo "$default" ;;
-    esac
-}
-
-function is_service_enabled {
-    local service
-    for service in "$@"; do
-        if [[ ",$ENABLED_SERVICES," == *",$service,"* ]]; then
-            return 0
-        fi
-        if [[ "$service" == nova && ",$ENABLED_SERVICES" == *",n-"* ]]; then
-            return 0
-        fi
-    done
-    return 1
-}
-
-function enable_service {
-    local service
-    _record enable_service "$@"
-    for service in "$@"; do
-        if [[ ",${DISABLED_SERVICES:-}," == *",$service,"* ]]; then
-            continue
-        fi
-        if ! is_service_enabled "$service"; then
-            ENABLED_SERVICES+=",$service"
-        fi
-    done
-}
-
-function conductor_conf {
-    echo "$NOVA_CONF_DIR/nova_cell$1.conf"
-}
-
-# Runs the command itself, refusing any path outside the test's directory
-function sudo {
-    local arg
-    _record sudo "$@"
-    for arg in "${@:2}"; do
-        if [[ "$arg" == /* && "$arg" != "$STANDIN_ROOT"/* ]]; then
-            echo "stand-in sudo: $arg is outside $STANDIN_ROOT" >&2
-            return 1
-        fi
-    done
-    "$@"
-}
-
-function die {
-    _record die "$@"
-    echo "die: $*" >&2
-    exit 1
-}
-
-function async_wait { _record async_wait "$@"; }
-function run_process { _record run_process "$@"; }
-function stop_process { _record stop_process "$@"; }
-function setup_develop { _record setup_develop "$@"; }
-function install_package { _record install_package "$@"; }
-function recreate_database { _record recreate_database "$@"; }
-function setup_logging { _record setup_logging "$@"; }
-function echo_summary { _record echo_summary "$@"; }
-function warn { _record warn "$@"; }
-'''
-
-FAKE_GENERATOR_SH = r'''#!/bin/bash
+FAKE_GENERATOR_SH = r"""#!/bin/bash
 while [[ $# -gt 0 && "$1" != "--output-file" ]]; do
     shift
 done
 cp '%s' "$2"
-'''
+"""
 
-# What stack.sh, unstack.sh and clean.sh do, in short: override-defaults,
-# then (DevStack's lib/* and) settings, then plugin.sh with the phase.
-DRIVER_SH = r'''
+# A program that records its call in the stand-ins' log (``program``, its
+# name, its arguments) and keeps a copy of the configuration file it was
+# given, if any
+RECORDER_SH = r"""#!/bin/bash
+(IFS=$'\t'; echo "program	${0##*/}	$*") >>"$DEVSTACK_STANDIN_LOG"
+prev=
+for arg in "$@"; do
+    if [[ "$prev" == --config-file ]]; then
+        cp "$arg" "$DEVSTACK_STANDIN_ROOT/${0##*/}.conf"
+    fi
+    prev=$arg
+done
+"""
+
+# What stack.sh, unstack.sh and clean.sh do, in short: DevStack's
+# functions, override-defaults, (DevStack's lib/* and) settings, then
+# plugin.sh with the phase, from stack.sh's directory and with its options.
+DRIVER_SH = r"""
 set -o errexit
 set -o nounset
-source "$STANDIN_DIR/standins.sh"
+cd "$DEVSTACK_STANDIN_CWD"
+source "$DEVSTACK_STANDIN_DIR/devstack_functions.sh"
 source "$PLUGIN_DIR/override-defaults"
 source "$PLUGIN_DIR/settings"
 source "$PLUGIN_DIR/plugin.sh" "$@"
-'''
+"""
 
-NOVA_CONF = textwrap.dedent('''\
+NOVA_CONF = textwrap.dedent("""\
     [DEFAULT]
     transport_url = %s
 
@@ -235,17 +102,23 @@ NOVA_CONF = textwrap.dedent('''\
 
     [oslo_messaging_notifications]
     transport_url = %s
-    ''') % (RABBIT_URL, PRESET_NOTIFY_URL)
+    """) % (RABBIT_URL, PRESET_NOTIFY_URL)
 
 # A cell conductor's file, as lib/nova writes it: its own virtual host,
 # nothing about notifications
-CELL_CONF = textwrap.dedent('''\
+CELL_CONF = textwrap.dedent("""\
     [DEFAULT]
     transport_url = %s
 
     [database]
     connection = mysql+pymysql://root:secret@127.0.0.1/nova_cell1
-    ''') % CELL1_URL
+    """) % CELL1_URL
+
+
+def _executable(path, text):
+    with open(path, 'w') as f:
+        f.write(text)
+    os.chmod(path, 0o755)
 
 
 class Stack:
@@ -253,8 +126,8 @@ class Stack:
 
     def __init__(self, root, **overrides):
         self.root = str(root)
-        self.standins = os.path.join(self.root, 'standins')
         self.log = os.path.join(self.root, 'calls.log')
+        self.cwd = os.path.join(self.root, 'devstack')
         self.nova_dir = os.path.join(self.root, 'etc', 'nova')
         self.nova_conf = os.path.join(self.nova_dir, 'nova.conf')
         self.cpu_conf = os.path.join(self.nova_dir, 'nova-cpu.conf')
@@ -264,24 +137,33 @@ class Stack:
         self.conf = os.path.join(self.conf_dir, 'nova_error_notifier.conf')
         self.state_dir = os.path.join(self.root, 'var', 'lib',
                                       'nova-error-notifier')
+        self.units = os.path.join(self.root, 'systemd')
         self.user = getpass.getuser()
-        os.makedirs(self.standins)
+        os.makedirs(self.cwd)
+        for name in DEVSTACK_FILES:
+            open(os.path.join(self.cwd, name), 'w').close()
+        # The database clients, first in PATH: recorders unless a test
+        # uses the real ones
+        clients = os.path.join(self.root, 'clients')
+        os.makedirs(clients)
+        if not overrides.pop('real_clients', False):
+            for name in ('mysql', 'psql', 'createdb'):
+                _executable(os.path.join(clients, name), RECORDER_SH)
         # The real oslo-config-generator takes a second or two: a stand-in
-        # copying the committed sample does for most tests.
+        # copying the committed sample does for most tests, with a
+        # recording nova-error-notifier-manage.
         self.bin_dir = overrides.pop('bin_dir', None)
         if self.bin_dir is None:
-            self.bin_dir = os.path.join(self.root, 'bin')
+            self.bin_dir = os.path.join(self.root, 'venv', 'bin')
             os.makedirs(self.bin_dir)
-            fake = os.path.join(self.bin_dir, 'oslo-config-generator')
-            with open(fake, 'w') as f:
-                f.write(FAKE_GENERATOR_SH % SAMPLE)
-            os.chmod(fake, 0o755)
+            _executable(os.path.join(self.bin_dir, 'oslo-config-generator'),
+                        FAKE_GENERATOR_SH % SAMPLE)
+            _executable(os.path.join(self.bin_dir,
+                                     'nova-error-notifier-manage'),
+                        RECORDER_SH)
         os.makedirs(self.nova_dir)
-        with open(os.path.join(self.standins, 'inifile.py'), 'w') as f:
-            f.write(INIFILE_PY)
-        with open(os.path.join(self.standins, 'standins.sh'), 'w') as f:
-            f.write(STANDINS_SH)
-        with open(os.path.join(self.standins, 'driver.sh'), 'w') as f:
+        self.driver = os.path.join(self.root, 'driver.sh')
+        with open(self.driver, 'w') as f:
             f.write(DRIVER_SH)
         with open(self.nova_conf, 'w') as f:
             f.write(NOVA_CONF)
@@ -292,22 +174,30 @@ class Stack:
         with open(self.cell_conf, 'w') as f:
             f.write(CELL_CONF)
         self.env = {
-            'PATH': os.environ.get('PATH', '/usr/bin:/bin'),
+            'PATH': clients + os.pathsep + os.environ.get('PATH',
+                                                          '/usr/bin:/bin'),
             'HOME': self.root,
             'LANG': 'C.UTF-8',
-            'STANDIN_DIR': self.standins,
-            'STANDIN_LOG': self.log,
-            'STANDIN_ROOT': self.root,
-            'STANDIN_PYTHON': sys.executable,
-            'STANDIN_RABBIT_URL': RABBIT_URL,
-            'STANDIN_BIN_DIR': self.bin_dir,
+            'DEVSTACK_STANDIN_DIR': STANDIN_DIR,
+            'DEVSTACK_STANDIN_LOG': self.log,
+            'DEVSTACK_STANDIN_ROOT': self.root,
+            'DEVSTACK_STANDIN_CWD': self.cwd,
+            'DEVSTACK_STANDIN_PYTHON': sys.executable,
             'PLUGIN_DIR': PLUGIN_DIR,
             # DevStack's own variables (stackrc, lib/*)
             'DEST': os.path.join(self.root, 'opt', 'stack'),
             'STACK_USER': self.user,
-            'ENABLED_SERVICES': 'key,rabbit,mysql,n-api,n-cond,n-sch,n-cpu',
+            'GLOBAL_VENV': 'True',
+            'DEVSTACK_VENV': os.path.dirname(self.bin_dir),
+            'ENABLED_SERVICES': NO_DATABASE,
             'ENABLE_DEBUG_LOG_LEVEL': 'True',
             'REGION_NAME': 'RegionOne',
+            'RABBIT_USERID': 'stackrabbit',
+            'RABBIT_PASSWORD': 'rabbit-secret',
+            'RABBIT_HOST': '192.0.2.10',
+            'DATABASE_USER': 'root',
+            'DATABASE_PASSWORD': 'db-secret',
+            'MYSQL_HOST': '127.0.0.1',
             'KEYSTONE_SERVICE_URI': KEYSTONE_URI,
             'SERVICE_PASSWORD': 'service-secret',
             'SERVICE_PROJECT_NAME': 'service',
@@ -324,24 +214,42 @@ class Stack:
         }
         self.env.update(overrides)
         self.calls = {}
+        self.programs = {}
+        self.nova_changed = {}
+        self.outputs = {}
+
+    def _nova_files(self):
+        contents = {}
+        for path in (self.nova_conf, self.cpu_conf, self.cell_conf):
+            if os.path.exists(path):
+                with open(path) as f:
+                    contents[path] = f.read()
+        return contents
 
     def run(self, *phase, check=True):
         """Source the plugin for one phase; return the calls it made."""
-        before = self._read_log()
+        before = _read_log(self.log)
+        nova_before = self._nova_files()
         proc = subprocess.run(
-            ['bash', os.path.join(self.standins, 'driver.sh')] + list(phase),
+            ['bash', self.driver] + list(phase),
             env=self.env, cwd=self.root, capture_output=True, text=True,
             timeout=120)
         if check:
             assert proc.returncode == 0, (
                 'plugin.sh %s failed (%d):\n%s' % (
                     ' '.join(phase), proc.returncode, proc.stderr[-4000:]))
-        calls = self._read_log()[len(before):]
-        self.calls[' '.join(phase)] = calls
+        name = ' '.join(phase)
+        calls = _read_log(self.log)[len(before):]
+        self.calls[name] = calls
+        self.programs[name] = named(calls, 'program')
+        self.nova_changed[name] = sorted(
+            path for path, text in self._nova_files().items()
+            if nova_before.get(path) != text)
+        self.outputs[name] = proc.stdout + proc.stderr
         return proc, calls
 
-    def run_all(self):
-        for phase in PHASES:
+    def run_all(self, phases=PHASES):
+        for phase in phases:
             self.run(*phase)
             if phase == ('stack', 'post-config'):
                 self.snapshot()
@@ -353,15 +261,31 @@ class Stack:
         self.service = read_ini(self.conf)
         with open(self.conf) as f:
             self.service_text = f.read()
+        # clean removes the file: a copy for the tests
+        self.conf_copy = os.path.join(self.root, 'post-config.conf')
+        with open(self.conf_copy, 'w') as f:
+            f.write(self.service_text)
         self.conf_mode = os.stat(self.conf).st_mode & 0o777
-        self.state_dir_existed = os.path.isdir(self.state_dir)
+        self.state_dir_mode = os.stat(self.state_dir).st_mode & 0o777
         self.loaded = load_service_conf(self.conf)
 
-    def _read_log(self):
-        if not os.path.exists(self.log):
-            return []
-        with open(self.log) as f:
-            return [line.rstrip('\n').split('\t') for line in f]
+    def iniget(self, path, section, option, cwd=None):
+        """The value as DevStack's iniget (the stand-in) reads it."""
+        script = ('source "$DEVSTACK_STANDIN_DIR/devstack_functions.sh"; '
+                  'iniget %s %s %s' % (shlex.quote(path),
+                                       shlex.quote(section),
+                                       shlex.quote(option)))
+        proc = subprocess.run(['bash', '-c', script], env=self.env,
+                              cwd=cwd or self.cwd, capture_output=True,
+                              text=True, check=True, timeout=60)
+        return proc.stdout.rstrip('\n')
+
+
+def _read_log(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.rstrip('\n').split('\t') for line in f]
 
 
 def read_ini(path):
@@ -387,9 +311,58 @@ def named(calls, name):
     return [call[1:] for call in calls if call[0] == name]
 
 
+def oslo_values(path, wanted):
+    """What oslo.config reads from ``path``: {(group, option): value}."""
+    conf = cfg.ConfigOpts()
+    for group, option in wanted:
+        conf.register_opt(cfg.StrOpt(option), group=group)
+    conf(['--config-file', path], project='devstack-test',
+         default_config_files=[], default_config_dirs=[])
+    try:
+        return {(group, option): conf[group][option]
+                for group, option in wanted}
+    finally:
+        conf.reset()
+
+
+# Every option the plugin writes into the service's file, and what the
+# default node (no database service, no e-mail) means by it
+def expected_service_options(node):
+    return {
+        ('DEFAULT', 'debug'): 'True',
+        ('DEFAULT', 'transport_url'): RABBIT_URL,
+        ('DEFAULT', 'region_name'): 'RegionOne',
+        ('DEFAULT', 'rules'): 'default',
+        ('oslo_messaging_notifications', 'transport_url'): RABBIT_URL,
+        ('listener', 'pool'): 'nova-error-notifier',
+        ('delivery', 'state_dir'): node.state_dir,
+        ('rule:default', 'events'): '*',
+        ('rule:default', 'receivers'): 'log',
+        ('receiver:log', 'driver'): 'log',
+        ('service_credentials', 'auth_type'): 'password',
+        ('service_credentials', 'auth_url'): KEYSTONE_URI,
+        ('service_credentials', 'username'): 'nova',
+        ('service_credentials', 'password'): 'service-secret',
+        ('service_credentials', 'project_name'): 'service',
+        ('service_credentials', 'user_domain_name'): 'Default',
+        ('service_credentials', 'project_domain_name'): 'Default',
+    }
+
+
+SECRETS = ('rabbit-secret', 'service-secret', 'db-secret')
+
+
 @pytest.fixture(scope='module')
 def stack(tmp_path_factory):
     node = Stack(tmp_path_factory.mktemp('devstack'), bin_dir=BIN_DIR)
+    node.run_all()
+    return node
+
+
+@pytest.fixture(scope='module')
+def mysql_stack(tmp_path_factory):
+    node = Stack(tmp_path_factory.mktemp('devstack-mysql'),
+                 ENABLED_SERVICES=WITH_MYSQL)
     node.run_all()
     return node
 
@@ -412,6 +385,7 @@ def test_install_phases(stack):
     for phase in ('stack pre-install', 'stack install'):
         assert named(stack.calls[phase], 'iniset') == []
         assert named(stack.calls[phase], 'run_process') == []
+        assert stack.nova_changed[phase] == [], phase
 
 
 def test_settings_enable_the_service(stack):
@@ -441,12 +415,12 @@ def test_nova_confs_edited_after_neutron_nova_config(stack):
     # stack.sh configures Neutron in nova.conf in the background during
     # post-config: the plugin waits for it before editing the same files.
     calls = stack.calls['stack post-config']
-    waits = [i for i, call in enumerate(calls) if call[0] == 'async_wait']
-    edits = [i for i, call in enumerate(calls) if call[0] == 'iniset' and
-             call[1].startswith(stack.nova_dir + os.sep)]
-    assert [calls[i] for i in waits] == [
-        ['async_wait', 'configure_neutron_nova']]
-    assert edits and waits[0] < edits[0]
+    assert named(calls, 'async_wait') == [['configure_neutron_nova']]
+    at_wait = os.path.join(stack.root, 'nova.conf.at-configure_neutron_nova')
+    with open(at_wait) as f:
+        assert 'messagingv2' not in f.read()
+    assert stack.nova[stack.nova_conf]['oslo_messaging_notifications'][
+        'driver'] == 'messagingv2'
 
 
 def test_cell_conductor_notifies_on_the_top_bus(stack):
@@ -460,44 +434,52 @@ def test_cell_conductor_notifies_on_the_top_bus(stack):
 
 
 def test_nova_configured_at_post_config_only(stack):
-    for phase, calls in stack.calls.items():
-        nova_calls = [c for c in named(calls, 'iniset')
-                      if c[0].startswith(stack.nova_dir + os.sep)]
+    for phase, changed in stack.nova_changed.items():
         if phase == 'stack post-config':
-            # 3 options in each of the 3 files, plus the notification
-            # transport_url of the cell conductor (the others have one)
-            assert len(nova_calls) == 3 * 3 + 1
+            assert changed == sorted([stack.nova_conf, stack.cpu_conf,
+                                      stack.cell_conf])
         else:
-            assert nova_calls == [], phase
+            assert changed == [], phase
 
 
 def test_service_conf(stack):
     conf = stack.service
-    assert conf['DEFAULT']['transport_url'] == RABBIT_URL
+    for (section, option), value in expected_service_options(stack).items():
+        assert conf[section][option] == value, (section, option)
     assert ['nova-error-notifier', stack.conf, 'DEFAULT'] in named(
         stack.calls['stack post-config'], 'iniset_rpc_backend')
-    assert conf['DEFAULT']['region_name'] == 'RegionOne'
-    assert conf['DEFAULT']['debug'] == 'True'
-    assert conf['DEFAULT']['rules'] == 'default'
-    assert conf['rule:default']['events'] == '*'
-    assert conf['rule:default']['receivers'] == 'log'
-    assert conf['receiver:log']['driver'] == 'log'
     assert not conf.has_section('receiver:email')
-    assert conf['delivery']['state_dir'] == stack.state_dir
-    assert conf['listener']['pool'] == 'nova-error-notifier'
-    assert dict(conf['service_credentials']) == {
-        'auth_type': 'password',
-        'auth_url': KEYSTONE_URI,
-        'username': 'nova',
-        'password': 'service-secret',
-        'project_name': 'service',
-        'user_domain_name': 'Default',
-        'project_domain_name': 'Default',
-    }
+    # No database service: the SQLite default, in the state directory
+    assert not conf.has_option('database', 'connection')
     assert ['setup_logging', stack.conf] in stack.calls['stack post-config']
     # Passwords inside: not world-readable
     assert stack.conf_mode == 0o640
-    assert stack.state_dir_existed
+    # As the outbox wants its directory
+    assert stack.state_dir_mode == 0o700
+
+
+def test_events_star_survives_the_unquoted_echo(stack):
+    # stack.sh's directory has files: DevStack's iniset would have written
+    # their names. The stand-in really does:
+    probe = os.path.join(stack.root, 'probe.conf')
+    subprocess.run(
+        ['bash', '-c', 'source "$DEVSTACK_STANDIN_DIR/devstack_functions.sh"'
+         ' && iniset "$0" rule:default events "*"', probe],
+        env=stack.env, cwd=stack.cwd, check=True, timeout=60)
+    assert read_ini(probe)['rule:default']['events'] == ' '.join(
+        sorted(DEVSTACK_FILES))
+    # The plugin's survives, and the service reads it as "every event"
+    assert 'events = *\n' in stack.service_text.split('[rule:default]')[1]
+    assert [rule.name for rule in stack.loaded.ruleset.rules] == ['default']
+
+
+def test_values_read_back_with_iniget(stack, tmp_path):
+    # DevStack's iniget echoes unquoted too: read where "*" matches nothing
+    expected = expected_service_options(stack)
+    for (section, option), value in expected.items():
+        assert stack.iniget(stack.conf_copy, section, option,
+                            cwd=str(tmp_path)) == value, (section, option)
+    assert oslo_values(stack.conf_copy, list(expected)) == expected
 
 
 def test_service_conf_generated_from_sample(stack):
@@ -511,6 +493,13 @@ def test_service_conf_passes_the_service_checks(stack):
     settings = stack.loaded
     assert sorted(settings.receivers) == ['log']
     assert [rule.name for rule in settings.ruleset.rules] == ['default']
+
+
+def test_no_database_service_no_database(stack):
+    everything = [call for calls in stack.calls.values() for call in calls]
+    assert named(everything, 'recreate_database') == []
+    assert named(everything, 'database_connection_url') == []
+    assert named(everything, 'program') == []
 
 
 def test_started_at_extra(stack):
@@ -530,6 +519,8 @@ def test_stopped_at_unstack(stack):
                            else []), phase
     # unstack keeps the configuration for the next stack.sh
     assert named(stack.calls['unstack'], 'sudo') == []
+    assert not os.path.exists(os.path.join(
+        stack.units, 'devstack@nova-error-notifier.service'))
 
 
 def test_clean_removes_conf_and_state(stack):
@@ -538,6 +529,166 @@ def test_clean_removes_conf_and_state(stack):
     assert not os.path.exists(stack.state_dir)
     # Nova's files are lib/nova's business
     assert os.path.exists(stack.nova_conf)
+
+
+def test_mysql_database_created_at_post_config(mysql_stack):
+    calls = mysql_stack.calls['stack post-config']
+    assert named(calls, 'recreate_database') == [['nova_error_notifier']]
+    # DevStack's lib/databases/mysql, with the clients it runs
+    assert mysql_stack.programs['stack post-config'] == [
+        ['mysql', '-uroot', '-pdb-secret', '-h127.0.0.1', '-e',
+         'DROP DATABASE IF EXISTS nova_error_notifier;'],
+        ['mysql', '-uroot', '-pdb-secret', '-h127.0.0.1', '-e',
+         'CREATE DATABASE nova_error_notifier CHARACTER SET utf8;'],
+    ]
+    url = ('mysql+pymysql://root:db-secret@127.0.0.1/nova_error_notifier'
+           '?charset=utf8')
+    assert mysql_stack.service['database']['connection'] == url
+    assert oslo_values(mysql_stack.conf_copy,
+                       [('database', 'connection')]) == {
+        ('database', 'connection'): url}
+    # The SQLite directory stays set, unused
+    assert mysql_stack.service['delivery']['state_dir'] == \
+        mysql_stack.state_dir
+
+
+def test_mysql_db_sync_before_start(mysql_stack):
+    calls = mysql_stack.calls['stack extra']
+    sync = ['program', 'nova-error-notifier-manage', '--config-file',
+            mysql_stack.conf, 'db', 'sync']
+    start = [c for c in calls if c[0] == 'run_process']
+    assert sync in calls and len(start) == 1
+    assert calls.index(sync) < calls.index(start[0])
+    # Only there
+    for phase, programs in mysql_stack.programs.items():
+        if phase not in ('stack post-config', 'stack extra'):
+            assert programs == [], phase
+    assert [p for p in mysql_stack.programs['stack post-config']
+            if p[0] == 'nova-error-notifier-manage'] == []
+    # It was given the file with the connection
+    synced = read_ini(os.path.join(mysql_stack.root,
+                                   'nova-error-notifier-manage.conf'))
+    assert synced['database']['connection'].startswith(
+        'mysql+pymysql://root:db-secret@127.0.0.1/nova_error_notifier?')
+
+
+def test_passwords_not_in_the_trace(mysql_stack, stack):
+    # plugin.sh traces its commands (stack.sh's log): none shows a password
+    for node in (mysql_stack, stack):
+        post_config = node.outputs['stack post-config']
+        assert '+ configure_nova_error_notifier' in post_config
+        assert '+ setup_logging ' + node.conf in post_config
+        for phase, output in node.outputs.items():
+            for secret in SECRETS:
+                assert secret not in output, (phase, secret)
+
+
+def test_postgresql(tmp_path):
+    node = Stack(tmp_path, ENABLED_SERVICES=NO_DATABASE + ',postgresql',
+                 DATABASE_HOST='192.0.2.20')
+    node.run_all(PHASES[:4])
+    assert node.programs['stack post-config'] == [
+        ['psql', '-h192.0.2.20', '-Uroot', '-dtemplate1', '-c',
+         'DROP DATABASE IF EXISTS nova_error_notifier'],
+        ['createdb', '-h', '192.0.2.20', '-Uroot', '-l', 'C', '-T',
+         'template0', '-E', 'utf8', 'nova_error_notifier'],
+    ]
+    # DevStack's URL, with the driver DevStack installs (psycopg2) named:
+    # SQLAlchemy 2.1's default for postgresql:// is psycopg 3
+    assert named(node.calls['stack post-config'],
+                 'database_connection_url') == [['nova_error_notifier']]
+    assert node.service['database']['connection'] == (
+        'postgresql+psycopg2://root:db-secret@192.0.2.20/nova_error_notifier'
+        '?client_encoding=utf8')
+    assert ['nova-error-notifier-manage', '--config-file', node.conf, 'db',
+            'sync'] in node.programs['stack extra']
+
+
+def test_database_service_not_used_when_told(tmp_path):
+    node = Stack(tmp_path, ENABLED_SERVICES=WITH_MYSQL,
+                 NOVA_ERROR_NOTIFIER_USE_DATABASE='false')
+    node.run_all(PHASES[:4])
+    assert not node.service.has_option('database', 'connection')
+    assert node.service['delivery']['state_dir'] == node.state_dir
+    everything = [call for calls in node.calls.values() for call in calls]
+    assert named(everything, 'recreate_database') == []
+    assert named(everything, 'program') == []
+
+
+def test_db_sync_for_a_connection_from_local_conf(tmp_path):
+    # No database service here, but local.conf's [[post-config|...]]
+    # points the service at one: db sync runs at extra all the same.
+    node = Stack(tmp_path)
+    node.run('stack', 'post-config')
+    with open(node.conf, 'a') as f:
+        f.write('\n[database]\nconnection = mysql+pymysql://u:p@db/x\n')
+    node.run('stack', 'extra')
+    assert node.programs['stack extra'] == [
+        ['nova-error-notifier-manage', '--config-file', node.conf, 'db',
+         'sync']]
+
+
+def test_bad_database_name_dies(tmp_path):
+    node = Stack(tmp_path, ENABLED_SERVICES=WITH_MYSQL,
+                 NOVA_ERROR_NOTIFIER_DATABASE_NAME='x; DROP DATABASE nova')
+    proc, calls = node.run('stack', 'post-config', check=False)
+    assert proc.returncode != 0
+    assert len(named(calls, 'die')) == 1
+    assert named(calls, 'recreate_database') == []
+
+
+HOSTILE = {
+    # value: where it goes
+    'SERVICE_PASSWORD': ' p*ss  w$rd #1 \\$x \\ & "',
+    'RABBIT_PASSWORD': 'r*bbit$HOME',
+    'REGION_NAME': '-n',
+    'SERVICE_PROJECT_NAME': '[a-z]*  ?',
+    'NOVA_ERROR_NOTIFIER_EMAIL_TO': '"ops"@example.org, -e root',
+    'NOVA_ERROR_NOTIFIER_EMAIL_FROM': "'alerts@example.org'",
+    'NOVA_ERROR_NOTIFIER_POOL': 'pool\tnova ${x}',
+    'NOVA_ERROR_NOTIFIER_SMTP_HOST': 'smtp.example.org',
+    'KEYSTONE_SERVICE_URI': 'http://192.0.2.10/identity#frag;x',
+}
+
+
+def test_hostile_values_reach_the_service_unchanged(tmp_path):
+    node = Stack(tmp_path, ENABLED_SERVICES=WITH_MYSQL,
+                 DATABASE_PASSWORD='db*$pw d', **HOSTILE)
+    node.run('stack', 'post-config')
+    url = ('rabbit://stackrabbit:%s@192.0.2.10:5672/'
+           % HOSTILE['RABBIT_PASSWORD'])
+    expected = {
+        ('DEFAULT', 'transport_url'): url,
+        ('oslo_messaging_notifications', 'transport_url'): url,
+        ('DEFAULT', 'region_name'): '-n',
+        ('listener', 'pool'): HOSTILE['NOVA_ERROR_NOTIFIER_POOL'],
+        ('rule:default', 'events'): '*',
+        ('receiver:email', 'to'): HOSTILE['NOVA_ERROR_NOTIFIER_EMAIL_TO'],
+        ('email', 'from_address'): HOSTILE['NOVA_ERROR_NOTIFIER_EMAIL_FROM'],
+        ('service_credentials', 'password'): HOSTILE['SERVICE_PASSWORD'],
+        ('service_credentials', 'project_name'):
+            HOSTILE['SERVICE_PROJECT_NAME'],
+        ('service_credentials', 'auth_url'): HOSTILE['KEYSTONE_SERVICE_URI'],
+        ('database', 'connection'):
+            'mysql+pymysql://root:db*$pw d@127.0.0.1/nova_error_notifier'
+            '?charset=utf8',
+    }
+    assert oslo_values(node.conf, list(expected)) == expected
+    # Nova reads the same URL
+    cell = oslo_values(node.cell_conf,
+                       [('oslo_messaging_notifications', 'transport_url')])
+    assert cell == {('oslo_messaging_notifications', 'transport_url'): url}
+    for secret in ('p*ss', 'r*bbit', 'db*'):
+        assert secret not in node.outputs['stack post-config']
+
+
+def test_line_breaks_refused(tmp_path):
+    node = Stack(tmp_path, REGION_NAME='RegionOne\n[DEFAULT]\ndebug = x')
+    proc, calls = node.run('stack', 'post-config', check=False)
+    assert proc.returncode != 0
+    assert len(named(calls, 'die')) == 1
+    with open(node.conf) as f:
+        assert 'debug = x' not in f.read()
 
 
 def test_email_receiver(mail_stack):
@@ -592,8 +743,8 @@ def test_restack_starts_afresh(tmp_path):
 
 
 def test_committed_sample_when_generator_fails(tmp_path):
-    no_bin = tmp_path / 'empty-bin'
-    no_bin.mkdir()
+    no_bin = tmp_path / 'empty' / 'bin'
+    no_bin.mkdir(parents=True)
     node = Stack(tmp_path / 'node', bin_dir=str(no_bin))
     for phase in PHASES[:4]:
         node.run(*phase)
@@ -649,6 +800,55 @@ def test_pre_install_without_clone_dies(tmp_path):
     proc, calls = node.run('stack', 'pre-install', check=False)
     assert proc.returncode != 0
     assert len(named(calls, 'die')) == 1
+
+
+@pytest.mark.parametrize('backend', databases.SERVERS)
+def test_real_database_server(backend, tmp_path):
+    # DevStack's database functions with the real clients against the test
+    # servers, then the real db sync: the outbox is at the newest schema.
+    server = databases.server(backend)
+    try:
+        server.check()
+    except databases.Unreachable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    admin = databases.admin_url(backend)
+    name = databases.new_name()
+    home = tmp_path / 'node'
+    home.mkdir()
+    default_port = 3306 if backend == 'mariadb' else 5432
+    port = str(admin.port or default_port)
+    # DevStack puts DATABASE_HOST into the URL (and gives it to psql as
+    # it is): a port there only when the server is not on the usual one
+    host = admin.host
+    if int(port) != default_port:
+        host = '%s:%s' % (admin.host, port)
+    env = {
+        'ENABLED_SERVICES': NO_DATABASE + (
+            ',mysql' if backend == 'mariadb' else ',postgresql'),
+        'DATABASE_USER': admin.username,
+        'DATABASE_PASSWORD': admin.password,
+        'MYSQL_HOST': admin.host,
+        'DATABASE_HOST': host,
+        'MYSQL_TCP_PORT': port,
+        'PGPORT': port,
+        'NOVA_ERROR_NOTIFIER_DATABASE_NAME': name,
+    }
+    # As DevStack's configure_database_postgresql leaves it for psql
+    pgpass = home / '.pgpass'
+    pgpass.write_text('*:*:*:%s:%s\n' % (admin.username, admin.password))
+    pgpass.chmod(0o600)
+    node = Stack(home, bin_dir=BIN_DIR, real_clients=True, **env)
+    try:
+        node.run_all(PHASES[:4])
+        assert server.exists(name)
+        connection = read_ini(node.conf)['database']['connection']
+        engine = sa.create_engine(connection, poolclass=sa.pool.NullPool)
+        try:
+            assert migration.version(engine) == (migration.head(), True)
+        finally:
+            engine.dispose()
+    finally:
+        server.drop(name)
 
 
 def test_plugin_files_are_shell():

@@ -36,7 +36,7 @@ def test_list_opts_groups_and_help():
     names = [group for group, _ in groups]
     assert sorted(names, key=str) == sorted(
         [None, 'listener', 'receiver:<name>', 'rule:<name>', 'email',
-         'staff', 'service_credentials', 'correlation', 'delivery',
+         'staff', 'service_credentials', 'correlation', 'delivery', 'database',
          'enrichment'],
         key=str)
     assert len(names) == len(set(names))

@@ -1,0 +1,66 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Rejected messages; on MySQL, JSON in MEDIUMTEXT and exact id keys.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from alembic import op
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+revision = '0002'
+down_revision = '0001'
+branch_labels = None
+depends_on = None
+
+JSON_COLUMNS = (('incidents', 'records'), ('deliveries', 'alert'),
+                ('digests', 'members'))
+#: Identifier columns: (table, column, nullable).
+KEY_COLUMNS = (('messages', 'message_id', False), ('incidents', 'key', False),
+               ('incidents', 'request_id', True),
+               ('incidents', 'instance_uuid', True))
+
+
+def _key_type():
+    return sa.String(255).with_variant(
+        mysql.VARCHAR(255, charset='utf8mb4', collation='utf8mb4_bin'),
+        'mysql')
+
+
+def upgrade():
+    json_text = sa.Text().with_variant(mysql.MEDIUMTEXT(), 'mysql')
+    op.create_table(
+        'rejected_messages',
+        sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column('message_key', _key_type(), nullable=False,
+                  unique=True),
+        sa.Column('event_type', sa.String(255), nullable=True),
+        sa.Column('priority', sa.String(16), nullable=True),
+        sa.Column('publisher_id', sa.String(255), nullable=True),
+        sa.Column('reason', sa.Text, nullable=True),
+        sa.Column('attempts', sa.Integer, nullable=False),
+        sa.Column('first_seen', sa.Float, nullable=False, index=True),
+        sa.Column('last_seen', sa.Float, nullable=False),
+        sa.Column('body', json_text, nullable=True))
+    if op.get_bind().dialect.name == 'mysql':
+        # TEXT stops at 64 KiB: a digest or an incident's records need more.
+        for table, column in JSON_COLUMNS:
+            op.alter_column(table, column, type_=mysql.MEDIUMTEXT(),
+                            existing_type=sa.Text(), existing_nullable=False)
+        # Its default collations take "ABC" and "abc " for "abc": two
+        # different message ids must not be one.
+        for table, column, nullable in KEY_COLUMNS:
+            op.alter_column(table, column, type_=mysql.VARCHAR(
+                255, charset='utf8mb4', collation='utf8mb4_bin'),
+                existing_type=sa.String(255), existing_nullable=nullable)
