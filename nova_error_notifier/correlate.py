@@ -160,8 +160,12 @@ _OPEN_OF_INSTANCES = sa.select(
 _RESOLVE_IDS = _inc.update().where(
     _inc.c.id.in_(sa.bindparam('ids', expanding=True)),
     _inc.c.state == 'open').values(resolved=True)
+# Compare-and-swap on the message count: another replica that added to the
+# incident meanwhile makes this update change nothing, and the batch is
+# stored again on what that replica wrote (no lost records).
 _UPDATE_INCIDENT = _inc.update().where(
-    _inc.c.id == sa.bindparam('b_id')).values(
+    _inc.c.id == sa.bindparam('b_id'),
+    _inc.c.message_count == sa.bindparam('b_old_count')).values(
         key=sa.bindparam('b_key'),
         instance_uuid=sa.bindparam('b_instance_uuid'),
         records=sa.bindparam('b_records'),
@@ -169,6 +173,15 @@ _UPDATE_INCIDENT = _inc.update().where(
         resolved=sa.bindparam('b_resolved'),
         updated_at=sa.bindparam('b_updated_at'))
 _INSERT_INCIDENT = _inc.insert()
+_SAME_REQUEST = sa.select(_inc).where(
+    _inc.c.request_id == sa.bindparam('b_request_id'),
+    _inc.c.id != sa.bindparam('b_id')).limit(20)
+_MERGE_INTO = _inc.update().where(
+    _inc.c.id == sa.bindparam('b_id'),
+    _inc.c.message_count == sa.bindparam('b_old_count')).values(
+        records=sa.bindparam('b_records'),
+        message_count=sa.bindparam('b_message_count'),
+        updated_at=sa.bindparam('b_updated_at'))
 _dg = outbox.digests
 _COLLECTING_DIGEST = sa.select(_dg.c.id, _dg.c.count).where(
     _dg.c.receiver == sa.bindparam('b_receiver'),
@@ -216,6 +229,8 @@ class _IncidentState:
         self.state = state
         self._records = records   # JSON text until first needed
         self.message_count = message_count
+        #: The count as read: the compare-and-swap of the update.
+        self.stored_count = message_count
         self.resolved = resolved
         self.new = new
         self.due_at = due_at
@@ -305,23 +320,35 @@ class _Batch:
                     'updated_at': self.now, 'due_at': state.due_at})
             elif state.dirty:
                 changed.append({
-                    'b_id': state.id, 'b_key': state.key,
+                    'b_id': state.id, 'b_old_count': state.stored_count,
+                    'b_key': state.key,
                     'b_instance_uuid': state.instance_uuid,
                     'b_records': outbox.dumps(state.records),
                     'b_message_count': state.message_count,
                     'b_resolved': state.resolved,
                     'b_updated_at': self.now})
         # Changed first: a re-keyed incident frees its old key.
-        if changed:
-            conn.execute(_UPDATE_INCIDENT, changed)
+        for values in changed:
+            if conn.execute(_UPDATE_INCIDENT, values).rowcount != 1:
+                raise outbox.StoreError(
+                    'incident %s was changed by another writer meanwhile'
+                    % values['b_id'], retryable=True)
         if new:
             conn.execute(_INSERT_INCIDENT, new)
         if self.messages:
             conn.execute(_INSERT_MESSAGE, self.messages)
 
 
+class _Conflict(Exception):
+    """A listener changed an incident while the router read it."""
+
+
 class Correlator:
     """Turns records into incidents and incidents into deliveries."""
+
+    #: Transactions a batch may take when other replicas write the same
+    #: incidents at the same time.
+    WRITE_ATTEMPTS = 4
 
     def __init__(self, conf, store, settings, clock=time.time):
         register_opts(conf)
@@ -360,8 +387,17 @@ class Correlator:
         """
         if not items:
             return []
-        results, due = self.store.write(
-            lambda conn: self._add_many(conn, items))
+        for attempt in range(1, self.WRITE_ATTEMPTS + 1):
+            try:
+                results, due = self.store.write(
+                    lambda conn: self._add_many(conn, items))
+                break
+            except outbox.StoreError as exc:
+                # Another replica opened or changed the same incident at
+                # the same instant: a new transaction sees what it wrote.
+                if not exc.retryable or attempt == self.WRITE_ATTEMPTS:
+                    raise
+                LOG.debug('Storing a batch again (%s)', exc)
         if due is not None:
             wakes_at = self.router_wakes_at
             if wakes_at is None or due < wakes_at:
@@ -515,8 +551,18 @@ class Correlator:
             self.work_available.set()
         return written
 
+    #: Seconds the routing lease lasts without renewal: another replica
+    #: takes routing over that long after the router stopped.
+    ROUTER_LEASE = 10.0
+
     def _route_cycle(self, conn, limit):
-        """One transaction: route, close digests, see what is due next."""
+        """One transaction: route, close digests, see what is due next.
+
+        Only the replica holding the ``router`` lease routes, so that storm
+        limits and digests are counted once for all replicas.
+        """
+        if not self.store.take_lease(conn, 'router', self.ROUTER_LEASE):
+            return (0, None, None)
         written = self._route(conn, limit)
         due = self._digest_due
         if due is None or due <= self.clock():
@@ -534,8 +580,81 @@ class Correlator:
         written = 0
         sent = {}       # receiver: single alerts in the current interval
         for row in rows:
-            written += self._route_one(conn, row, now, sent)
+            # One incident that cannot be routed (a bug, a value the
+            # database refuses) must not hold back the others, cycle after
+            # cycle: it is set aside as "unroutable", with the reason.
+            try:
+                with conn.begin_nested():
+                    row = self._gather(conn, row, now)
+                    if row is not None:
+                        written += self._route_one(conn, row, now, sent)
+            except _Conflict as exc:
+                LOG.debug('Incident %s: %s; routed at the next cycle',
+                          row.id, exc)
+            except Exception as exc:
+                LOG.exception('Incident %s (request %s) could not be '
+                              'routed', row.id, logsafe.escape(
+                                  row.request_id))
+                self._finish(conn, row, 'unroutable', outbox.fit_text(
+                    '%s: %s' % (type(exc).__name__, exc), 255))
         return written
+
+    def _gather(self, conn, row, now):
+        """Join the twins of one failure that other replicas opened apart.
+
+        Two replicas that receive the legacy and the versioned twin at the
+        same instant cannot see each other's new incident: an instance-less
+        one (``compute.exception``) and one with the instance, of the same
+        request. The router brings them together: an instance-less incident
+        is folded into the one incident of its request that has an
+        instance (open, or already routed: then no new alert); an incident
+        with an instance takes in the open instance-less ones. Returns the
+        row to route, or None when it was folded into another.
+        """
+        if not row.request_id:
+            return row
+        others = conn.execute(_SAME_REQUEST, {
+            'b_request_id': row.request_id, 'b_id': row.id}).all()
+        if not others:
+            return row
+        if row.instance_uuid is None:
+            targets = [o for o in others if o.instance_uuid is not None and
+                       o.state in ('open', 'routed')]
+            if len(targets) != 1:
+                return row
+            self._merge(conn, targets[0], [row], now)
+            return None
+        bare = [o for o in others if o.instance_uuid is None and
+                o.state == 'open']
+        if not bare:
+            return row
+        self._merge(conn, row, bare, now)
+        return conn.execute(_BY_KEY, {'key': row.key}).first()
+
+    def _merge(self, conn, target, sources, now):
+        """Fold the records of ``sources`` into ``target``.
+
+        Compare-and-swap on both: raises _Conflict when a listener changed
+        one of them meanwhile (the savepoint is then rolled back).
+        """
+        records = outbox.loads(target.records)
+        count = target.message_count
+        for source in sources:
+            if not self._finish(conn, source, 'merged',
+                                'merged into incident %s' % target.id):
+                raise _Conflict('incident %s changed meanwhile' % source.id)
+            for item in outbox.loads(source.records):
+                if len(records) < MAX_RECORDS:
+                    records.append(item)
+            count += source.message_count
+        if conn.execute(_MERGE_INTO, {
+                'b_id': target.id, 'b_old_count': target.message_count,
+                'b_records': outbox.dumps(records), 'b_message_count': count,
+                'b_updated_at': now}).rowcount != 1:
+            raise _Conflict('incident %s changed meanwhile' % target.id)
+        LOG.info('Incident(s) %s of request %s folded into incident %s',
+                 ', '.join(s.id for s in sources),
+                 logsafe.escape(target.request_id), target.id)
 
     def _finish(self, conn, row, state, note=None):
         result = conn.execute(_FINISH, {

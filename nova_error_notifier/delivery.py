@@ -59,6 +59,8 @@ class DeliveryPool:
         self._stop = threading.Event()
         self._threads = []
         self._random = random.Random()
+        self._down_lock = threading.Lock()
+        self._down_logged = -self.DOWN_LOG_INTERVAL
 
     @property
     def options(self):
@@ -106,8 +108,8 @@ class DeliveryPool:
         while not self._stop.is_set():
             try:
                 row = self.claim()
-            except outbox.StoreUnavailable as exc:
-                LOG.error('Outbox unavailable: %s', exc)
+            except (outbox.StoreUnavailable, outbox.StoreError) as exc:
+                self._store_down(exc)
                 self._stop.wait(1.0)
                 continue
             if row is None:
@@ -139,6 +141,18 @@ class DeliveryPool:
                     claimed_until=now + self.options.lease)).rowcount
             return row if claimed == 1 else None
         return self.store.write(work)
+
+    #: Seconds between two "outbox unavailable" lines of the workers.
+    DOWN_LOG_INTERVAL = 30.0
+
+    def _store_down(self, exc):
+        """Log an outbox outage once per DOWN_LOG_INTERVAL for all workers."""
+        now = time.monotonic()
+        with self._down_lock:
+            if now - self._down_logged < self.DOWN_LOG_INTERVAL:
+                return
+            self._down_logged = now
+        LOG.error('Outbox unavailable, deliveries wait: %s', exc)
 
     def deliver(self, row):
         """Make one attempt for a claimed delivery and record the outcome."""
@@ -191,8 +205,7 @@ class DeliveryPool:
         dl = outbox.deliveries
         try:
             self.store.write(lambda conn: conn.execute(dl.update().where(
-                dl.c.id == row.id, dl.c.state == 'in_flight',
-                dl.c.claimed_by == self.store.owner).values(
+                *self._claimed(row)).values(
                     state='pending', attempts=attempt, claimed_by=None,
                     claimed_until=None,
                     next_attempt_at=self.clock() + self.backoff(attempt))))
@@ -243,9 +256,12 @@ class DeliveryPool:
         dl = outbox.deliveries
 
         def work(conn):
-            conn.execute(dl.update().where(dl.c.id == row.id).values(
-                state='dead', attempts=attempt, finished_at=now,
-                claimed_by=None, claimed_until=None, last_error=reason))
+            if not conn.execute(dl.update().where(*self._claimed(row)).values(
+                    state='dead', attempts=attempt, finished_at=now,
+                    claimed_by=None, claimed_until=None,
+                    last_error=reason)).rowcount:
+                self._lost(row)
+                return False
             conn.execute(outbox.dead_letters.insert().values(
                 delivery_id=row.id, incident_id=row.incident_id,
                 receiver=row.receiver, reason=reason, created_at=now))
@@ -270,10 +286,28 @@ class DeliveryPool:
             self.wakeup.set()
         return 'dead'
 
+    def _claimed(self, row):
+        """The row, as long as this worker's claim on it holds.
+
+        Every outcome is a compare-and-swap on the claim: a worker whose
+        lease ran out (and whose delivery another replica took over)
+        records nothing.
+        """
+        dl = outbox.deliveries
+        return (dl.c.id == row.id, dl.c.state == 'in_flight',
+                dl.c.claimed_by == self.store.owner)
+
+    def _lost(self, row):
+        LOG.warning('Delivery %s to receiver %s was taken over by another '
+                    'worker (this one\'s claim ran out): the outcome of this '
+                    'attempt is not recorded', row.id, row.receiver)
+
     def _update(self, row, **values):
         dl = outbox.deliveries
-        self.store.write(lambda conn: conn.execute(
-            dl.update().where(dl.c.id == row.id).values(**values)))
+        if not self.store.write(lambda conn: conn.execute(
+                dl.update().where(*self._claimed(row)).values(
+                    **values)).rowcount):
+            self._lost(row)
 
     def _driver_name(self, row):
         receiver = self.settings.receivers.get(row.receiver)

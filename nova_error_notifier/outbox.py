@@ -30,6 +30,8 @@ the default SQLite file (WAL mode) as well as on MySQL or PostgreSQL:
 * ``dead_letters``: deliveries that failed for good, with the reason;
 * ``digests``: per receiver, the incidents folded together during one
   ``[delivery] group_interval`` once the receiver's limit is reached;
+* ``leases``: which replica routes (one at a time, so that storm limits
+  and digests hold across replicas), until when;
 * ``rejected_messages``: bus messages that could not be stored after a few
   tries (see :mod:`nova_error_notifier.endpoints.base`), kept with the
   reason and their error record so that nothing is lost without a trace
@@ -145,6 +147,9 @@ metadata = sa.MetaData()
 #: Text of JSON documents (records, alerts, digest members): MySQL's TEXT
 #: stops at 64 KiB, MEDIUMTEXT at 16 MiB.
 JSONText = sa.Text().with_variant(mysql.MEDIUMTEXT(), 'mysql')
+#: Seconds since the epoch, to the microsecond: MySQL's FLOAT is single
+#: precision (whole minutes at today's epoch), DOUBLE is not.
+Time = sa.Float().with_variant(mysql.DOUBLE(asdecimal=False), 'mysql')
 #: Length of the identifier and name columns.
 KEY_LENGTH = 255
 #: Identifier columns compare byte for byte on MySQL too (its default
@@ -195,7 +200,7 @@ messages = sa.Table(
     'messages', metadata,
     sa.Column('message_id', KeyString, primary_key=True),
     sa.Column('incident_id', sa.String(36), nullable=True),
-    sa.Column('received_at', sa.Float, nullable=False, index=True),
+    sa.Column('received_at', Time, nullable=False, index=True),
 )
 
 incidents = sa.Table(
@@ -208,9 +213,9 @@ incidents = sa.Table(
     sa.Column('records', JSONText, nullable=False),
     sa.Column('message_count', sa.Integer, nullable=False, default=1),
     sa.Column('resolved', sa.Boolean, nullable=False, default=False),
-    sa.Column('opened_at', sa.Float, nullable=False),
-    sa.Column('updated_at', sa.Float, nullable=False),
-    sa.Column('due_at', sa.Float, nullable=False, index=True),
+    sa.Column('opened_at', Time, nullable=False),
+    sa.Column('updated_at', Time, nullable=False),
+    sa.Column('due_at', Time, nullable=False, index=True),
     sa.Column('note', sa.String(255), nullable=True),
 )
 
@@ -224,11 +229,11 @@ deliveries = sa.Table(
     sa.Column('alert', JSONText, nullable=False),
     sa.Column('state', sa.String(16), nullable=False, index=True),
     sa.Column('attempts', sa.Integer, nullable=False, default=0),
-    sa.Column('created_at', sa.Float, nullable=False),
-    sa.Column('next_attempt_at', sa.Float, nullable=False, index=True),
+    sa.Column('created_at', Time, nullable=False),
+    sa.Column('next_attempt_at', Time, nullable=False, index=True),
     sa.Column('claimed_by', sa.String(64), nullable=True),
-    sa.Column('claimed_until', sa.Float, nullable=True),
-    sa.Column('finished_at', sa.Float, nullable=True),
+    sa.Column('claimed_until', Time, nullable=True),
+    sa.Column('finished_at', Time, nullable=True),
     sa.Column('last_error', sa.Text, nullable=True),
     sa.UniqueConstraint('incident_id', 'receiver',
                         name='uniq_deliveries0incident_id0receiver'),
@@ -243,7 +248,7 @@ dead_letters = sa.Table(
     sa.Column('incident_id', sa.String(36), nullable=False),
     sa.Column('receiver', sa.String(255), nullable=False),
     sa.Column('reason', sa.Text, nullable=True),
-    sa.Column('created_at', sa.Float, nullable=False),
+    sa.Column('created_at', Time, nullable=False),
 )
 
 digests = sa.Table(
@@ -254,8 +259,8 @@ digests = sa.Table(
     sa.Column('state', sa.String(16), nullable=False, index=True),
     sa.Column('members', JSONText, nullable=False),
     sa.Column('count', sa.Integer, nullable=False),
-    sa.Column('opened_at', sa.Float, nullable=False),
-    sa.Column('due_at', sa.Float, nullable=False),
+    sa.Column('opened_at', Time, nullable=False),
+    sa.Column('due_at', Time, nullable=False),
 )
 
 
@@ -268,10 +273,19 @@ rejected_messages = sa.Table(
     sa.Column('publisher_id', sa.String(255), nullable=True),
     sa.Column('reason', sa.Text, nullable=True),
     sa.Column('attempts', sa.Integer, nullable=False, default=1),
-    sa.Column('first_seen', sa.Float, nullable=False, index=True),
-    sa.Column('last_seen', sa.Float, nullable=False),
+    sa.Column('first_seen', Time, nullable=False, index=True),
+    sa.Column('last_seen', Time, nullable=False),
     #: The error record (JSON, ASCII), or what could be read of it.
     sa.Column('body', JSONText, nullable=True),
+)
+
+
+leases = sa.Table(
+    'leases', metadata,
+    #: What the lease is for: ``router``.
+    sa.Column('name', sa.String(64), primary_key=True),
+    sa.Column('owner', sa.String(64), nullable=False),
+    sa.Column('expires_at', Time, nullable=False),
 )
 
 
@@ -677,6 +691,32 @@ class Store:
 
     def purge_dead(self, ids=None):
         return self._delete(dead_letters, ids)
+
+    # -- leases ---------------------------------------------------------------
+
+    def take_lease(self, conn, name, ttl):
+        """Whether this process holds the lease ``name`` (taken or renewed).
+
+        Compare-and-swap on the row, so that two replicas never both hold
+        it; a holder that stopped renewing loses it after ``ttl`` seconds.
+        """
+        now = self.clock()
+        row = conn.execute(sa.select(leases).where(
+            leases.c.name == name)).first()
+        if row is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(leases.insert().values(
+                        name=name, owner=self.owner, expires_at=now + ttl))
+            except (sa_exc.IntegrityError, db_exc.DBDuplicateEntry):
+                return False          # another replica took it first
+            return True
+        if row.owner != self.owner and row.expires_at > now:
+            return False
+        return conn.execute(leases.update().where(
+            leases.c.name == name, leases.c.owner == row.owner,
+            leases.c.expires_at == row.expires_at).values(
+                owner=self.owner, expires_at=now + ttl)).rowcount == 1
 
     # -- rejected messages --------------------------------------------------
 

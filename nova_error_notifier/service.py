@@ -361,7 +361,7 @@ class Service:
                 now = correlator.clock()
                 if due is not None:
                     delay = min(delay, max(0.0, due - now))
-            except outbox.StoreUnavailable as exc:
+            except (outbox.StoreUnavailable, outbox.StoreError) as exc:
                 if time.monotonic() - last_error > 30:
                     LOG.error('Outbox unavailable, incidents wait: %s', exc)
                     last_error = time.monotonic()

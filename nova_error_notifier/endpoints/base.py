@@ -45,6 +45,11 @@ REQUEUE = oslo_messaging.NotificationResult.REQUEUE
 REQUEUE_DELAY = 1.0
 #: Seconds between two log lines about requeued messages.
 REQUEUE_LOG_INTERVAL = 30.0
+#: Longest wait before handing a batch back while the outbox stays down:
+#: the wait doubles from REQUEUE_DELAY at each batch that finds it down, so
+#: that an outage does not make the broker redeliver every message every
+#: second.
+MAX_REQUEUE_DELAY = 10.0
 #: Tries (deliveries of one message by the bus) before a message that
 #: keeps failing while the outbox is up is kept as rejected.
 MAX_STORE_ATTEMPTS = 3
@@ -289,6 +294,7 @@ class BatchDispatcher(oslo_dispatcher.BatchNotificationDispatcher):
         self.max_attempts = max_attempts
         self._tries = collections.OrderedDict()
         self._tries_lock = threading.Lock()
+        self._outages = 0
         self._routes = {}
         for priority in oslo_dispatcher.PRIORITIES:
             routes = []
@@ -378,14 +384,16 @@ class BatchDispatcher(oslo_dispatcher.BatchNotificationDispatcher):
         except Exception as exc:
             error = exc
         else:
+            self._outages = 0
             if self._tries:
                 self._forget(pending)
             return requeue
         if isinstance(error, rec.RetryLater) and not self._store_up():
             _requeue_log(pending[0][1], error)
-            time.sleep(REQUEUE_DELAY)
+            time.sleep(self._outage_delay())
             requeue.update(one for one, _, _ in pending)
             return requeue
+        self._outages = 0
         LOG.warning('A batch of %d record(s) could not be stored (%s): '
                     'storing them one by one', len(pending),
                     _error_text(error))
@@ -427,6 +435,12 @@ class BatchDispatcher(oslo_dispatcher.BatchNotificationDispatcher):
                 requeue.add(one)
                 back = True
         return back
+
+    def _outage_delay(self):
+        """Seconds to wait before handing back a batch the outbox refused."""
+        self._outages = getattr(self, '_outages', 0) + 1
+        return min(MAX_REQUEUE_DELAY,
+                   REQUEUE_DELAY * 2 ** min(self._outages - 1, 10))
 
     def _store_up(self):
         if self.healthy is None:

@@ -9,7 +9,9 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
-"""Rejected messages; on MySQL, JSON in MEDIUMTEXT and exact id keys.
+"""Rejected messages and leases; MySQL column types that mean the same.
+
+On MySQL: DOUBLE times, MEDIUMTEXT JSON documents, byte-exact id keys.
 
 Revision ID: 0002
 Revises: 0001
@@ -26,10 +28,26 @@ depends_on = None
 
 JSON_COLUMNS = (('incidents', 'records'), ('deliveries', 'alert'),
                 ('digests', 'members'))
+#: Times (seconds since the epoch): (table, column, nullable).
+TIME_COLUMNS = (('messages', 'received_at', False),
+                ('incidents', 'opened_at', False),
+                ('incidents', 'updated_at', False),
+                ('incidents', 'due_at', False),
+                ('deliveries', 'created_at', False),
+                ('deliveries', 'next_attempt_at', False),
+                ('deliveries', 'claimed_until', True),
+                ('deliveries', 'finished_at', True),
+                ('dead_letters', 'created_at', False),
+                ('digests', 'opened_at', False),
+                ('digests', 'due_at', False))
 #: Identifier columns: (table, column, nullable).
 KEY_COLUMNS = (('messages', 'message_id', False), ('incidents', 'key', False),
                ('incidents', 'request_id', True),
                ('incidents', 'instance_uuid', True))
+
+
+def _time_type():
+    return sa.Float().with_variant(mysql.DOUBLE(asdecimal=False), 'mysql')
 
 
 def _key_type():
@@ -50,14 +68,25 @@ def upgrade():
         sa.Column('publisher_id', sa.String(255), nullable=True),
         sa.Column('reason', sa.Text, nullable=True),
         sa.Column('attempts', sa.Integer, nullable=False),
-        sa.Column('first_seen', sa.Float, nullable=False, index=True),
-        sa.Column('last_seen', sa.Float, nullable=False),
+        sa.Column('first_seen', _time_type(), nullable=False, index=True),
+        sa.Column('last_seen', _time_type(), nullable=False),
         sa.Column('body', json_text, nullable=True))
+    op.create_table(
+        'leases',
+        sa.Column('name', sa.String(64), primary_key=True),
+        sa.Column('owner', sa.String(64), nullable=False),
+        sa.Column('expires_at', _time_type(), nullable=False))
     if op.get_bind().dialect.name == 'mysql':
         # TEXT stops at 64 KiB: a digest or an incident's records need more.
         for table, column in JSON_COLUMNS:
             op.alter_column(table, column, type_=mysql.MEDIUMTEXT(),
                             existing_type=sa.Text(), existing_nullable=False)
+        # FLOAT is single precision: at today's epoch, whole minutes.
+        for table, column, nullable in TIME_COLUMNS:
+            op.alter_column(table, column,
+                            type_=mysql.DOUBLE(asdecimal=False),
+                            existing_type=sa.Float(),
+                            existing_nullable=nullable)
         # Its default collations take "ABC" and "abc " for "abc": two
         # different message ids must not be one.
         for table, column, nullable in KEY_COLUMNS:
