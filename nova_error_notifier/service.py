@@ -323,7 +323,10 @@ class Service:
     def _housekeeping(self, state):
         """Expired claims back to pending; old finished work forgotten."""
         now = time.monotonic()
-        if now - state.get('reclaim', 0.0) >= self.RECLAIM_PERIOD:
+        # As often as claims run out, so that a killed replica's deliveries
+        # are taken over about one lease after it died.
+        period = min(self.RECLAIM_PERIOD, self.conf.delivery.lease)
+        if now - state.get('reclaim', 0.0) >= period:
             state['reclaim'] = now
             self.deliveries.reclaim()
         if now - state.get('purge', now - self.PURGE_PERIOD + 60) >= \

@@ -81,6 +81,25 @@ def test_a_database_made_before_migrations_is_upgraded_in_place(
     assert store.upgrade() == (migration.head(), migration.head())
 
 
+def test_a_development_build_with_rejected_messages_is_upgraded(tmp_path):
+    # create_all of a build between the two (rejected_messages, no
+    # migrations, no leases), as left on a developer's machine.
+    url = old_database(str(tmp_path / 'o.sqlite'))
+    with sqlite3.connect(str(tmp_path / 'o.sqlite')) as conn:
+        conn.execute('CREATE TABLE rejected_messages (id INTEGER PRIMARY '
+                     'KEY, message_key VARCHAR(255) NOT NULL UNIQUE, '
+                     'event_type VARCHAR(255), priority VARCHAR(16), '
+                     'publisher_id VARCHAR(255), reason TEXT, attempts '
+                     'INTEGER NOT NULL, first_seen FLOAT NOT NULL, '
+                     'last_seen FLOAT NOT NULL, body TEXT)')
+        conn.execute("INSERT INTO rejected_messages VALUES (1, 'k', NULL, "
+                     "NULL, NULL, 'kept', 1, 1.0, 1.0, NULL)")
+    store = outbox.Store(url)
+    assert store.upgrade()[1] == migration.head()
+    assert [r['reason'] for r in store.rejected()] == ['kept']
+    assert store.schema_problem() is None
+
+
 def test_the_upgraded_database_delivers_what_was_pending(tmp_path, world):
     old_database(str(tmp_path / 'nova_error_notifier.sqlite'))
     conf, store, corr, pool, clock = world(receivers=('oncall',))

@@ -58,6 +58,22 @@ def _key_type():
 
 def upgrade():
     json_text = sa.Text().with_variant(mysql.MEDIUMTEXT(), 'mysql')
+    # A development build made rejected_messages with create_all, before
+    # this revision existed: keep the table it has.
+    tables = set(sa.inspect(op.get_bind()).get_table_names())
+    if 'rejected_messages' not in tables:
+        _create_rejected_messages(json_text)
+    if 'leases' not in tables:
+        op.create_table(
+            'leases',
+            sa.Column('name', sa.String(64), primary_key=True),
+            sa.Column('owner', sa.String(64), nullable=False),
+            sa.Column('expires_at', _time_type(), nullable=False))
+    if op.get_bind().dialect.name == 'mysql':
+        _mysql_types()
+
+
+def _create_rejected_messages(json_text):
     op.create_table(
         'rejected_messages',
         sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
@@ -71,25 +87,22 @@ def upgrade():
         sa.Column('first_seen', _time_type(), nullable=False, index=True),
         sa.Column('last_seen', _time_type(), nullable=False),
         sa.Column('body', json_text, nullable=True))
-    op.create_table(
-        'leases',
-        sa.Column('name', sa.String(64), primary_key=True),
-        sa.Column('owner', sa.String(64), nullable=False),
-        sa.Column('expires_at', _time_type(), nullable=False))
-    if op.get_bind().dialect.name == 'mysql':
-        # TEXT stops at 64 KiB: a digest or an incident's records need more.
-        for table, column in JSON_COLUMNS:
-            op.alter_column(table, column, type_=mysql.MEDIUMTEXT(),
-                            existing_type=sa.Text(), existing_nullable=False)
-        # FLOAT is single precision: at today's epoch, whole minutes.
-        for table, column, nullable in TIME_COLUMNS:
-            op.alter_column(table, column,
-                            type_=mysql.DOUBLE(asdecimal=False),
-                            existing_type=sa.Float(),
-                            existing_nullable=nullable)
-        # Its default collations take "ABC" and "abc " for "abc": two
-        # different message ids must not be one.
-        for table, column, nullable in KEY_COLUMNS:
-            op.alter_column(table, column, type_=mysql.VARCHAR(
-                255, charset='utf8mb4', collation='utf8mb4_bin'),
-                existing_type=sa.String(255), existing_nullable=nullable)
+
+
+def _mysql_types():
+    # TEXT stops at 64 KiB: a digest or an incident's records need more.
+    for table, column in JSON_COLUMNS:
+        op.alter_column(table, column, type_=mysql.MEDIUMTEXT(),
+                        existing_type=sa.Text(), existing_nullable=False)
+    # FLOAT is single precision: at today's epoch, whole minutes.
+    for table, column, nullable in TIME_COLUMNS:
+        op.alter_column(table, column,
+                        type_=mysql.DOUBLE(asdecimal=False),
+                        existing_type=sa.Float(),
+                        existing_nullable=nullable)
+    # Its default collations take "ABC" and "abc " for "abc": two
+    # different message ids must not be one.
+    for table, column, nullable in KEY_COLUMNS:
+        op.alter_column(table, column, type_=mysql.VARCHAR(
+            255, charset='utf8mb4', collation='utf8mb4_bin'),
+            existing_type=sa.String(255), existing_nullable=nullable)
