@@ -43,6 +43,7 @@ from oslo_config import cfg
 from oslo_log import log
 
 from nova_error_notifier import alert as alert_mod
+from nova_error_notifier import bus
 from nova_error_notifier.cmd import service as service_cmd
 from nova_error_notifier.drivers import base as driver_base
 from nova_error_notifier.endpoints import base as endpoint_base
@@ -245,6 +246,10 @@ def do_stats(conf):
 def do_check_config(conf):
     """Load everything the service would; report every problem."""
     settings, problems, warnings = service.check(conf, transport=True)
+    if not problems:
+        # The broker's existing pool queue against [oslo_messaging_rabbit]
+        # (classic or quorum, durable or not).
+        warnings = list(warnings) + bus.pool_queue_warnings(conf)
     for problem in problems:
         _out('ERROR: %s' % logsafe.escape(problem))
     for warning in warnings:
