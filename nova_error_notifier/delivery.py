@@ -118,6 +118,11 @@ class DeliveryPool:
                 continue
             try:
                 self.deliver(row)
+            except (outbox.StoreUnavailable, outbox.StoreError) as exc:
+                # The outcome could not be written: the claim runs out and
+                # the delivery is made again (same Idempotency-Key).
+                self._store_down(exc)
+                self._release(row, quiet=True)
             except Exception:
                 LOG.exception('Delivery %s failed unexpectedly', row.id)
                 self._release(row)
@@ -194,7 +199,7 @@ class DeliveryPool:
         self._audit(row, attempt, 'sent')
         return 'sent'
 
-    def _release(self, row):
+    def _release(self, row, quiet=False):
         """Hand a claimed delivery back after an unexpected failure.
 
         It counts as an attempt and waits its backoff; if even that cannot
@@ -210,8 +215,9 @@ class DeliveryPool:
                     claimed_until=None,
                     next_attempt_at=self.clock() + self.backoff(attempt))))
         except Exception as exc:
-            LOG.error('Delivery %s stays claimed until its lease ends: %s',
-                      row.id, logsafe.escape(exc, 300))
+            (LOG.debug if quiet else LOG.error)(
+                'Delivery %s stays claimed until its lease ends: %s',
+                row.id, logsafe.escape(exc, 300))
 
     def backoff(self, attempt, retry_after=None):
         """Seconds before attempt ``attempt + 1`` (exponential, jittered)."""
