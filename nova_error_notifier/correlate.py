@@ -541,8 +541,13 @@ class Correlator:
 
         :returns: the number of deliveries written.
         """
-        written, incident_due, digest_due = self.store.write(
-            lambda conn: self._route_cycle(conn, limit))
+        try:
+            written, incident_due, digest_due = self.store.write(
+                lambda conn: self._route_cycle(conn, limit))
+        except Exception:
+            # A lease renewed in the rolled back transaction is not held.
+            self.store.forget_leases()
+            raise
         self._digest_due = digest_due
         times = [t for t in (incident_due, digest_due) if t is not None]
         #: When the next incident or digest is due, as routing last saw it.

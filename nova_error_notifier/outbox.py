@@ -443,6 +443,8 @@ class Store:
         self.owner = '%s-%s' % (os.getpid(), uuid.uuid4().hex[:8])
         self.is_sqlite = url.startswith('sqlite')
         self._secrets = redact.url_secrets(url)
+        #: Leases this process holds: name -> when they run out.
+        self._leases = {}
         self.path = sqlite_path(url) if self.is_sqlite else None
         if self.path:
             # The outbox holds what tenants' failures say: 0700 and 0600
@@ -701,6 +703,11 @@ class Store:
         it; a holder that stopped renewing loses it after ``ttl`` seconds.
         """
         now = self.clock()
+        held = self._leases.get(name)
+        if held is not None and now < held - ttl / 2:
+            # Ours for a while yet: renewed only past half its time, not
+            # at every routing cycle (a write under SQLite's one lock).
+            return True
         row = conn.execute(sa.select(leases).where(
             leases.c.name == name)).first()
         if row is None:
@@ -710,13 +717,24 @@ class Store:
                         name=name, owner=self.owner, expires_at=now + ttl))
             except (sa_exc.IntegrityError, db_exc.DBDuplicateEntry):
                 return False          # another replica took it first
+            self._leases[name] = now + ttl
             return True
         if row.owner != self.owner and row.expires_at > now:
+            self._leases.pop(name, None)
             return False
-        return conn.execute(leases.update().where(
+        taken = conn.execute(leases.update().where(
             leases.c.name == name, leases.c.owner == row.owner,
             leases.c.expires_at == row.expires_at).values(
                 owner=self.owner, expires_at=now + ttl)).rowcount == 1
+        if taken:
+            self._leases[name] = now + ttl
+        else:
+            self._leases.pop(name, None)
+        return taken
+
+    def forget_leases(self):
+        """Trust no lease renewal made in a transaction that failed."""
+        self._leases.clear()
 
     # -- rejected messages --------------------------------------------------
 

@@ -219,3 +219,20 @@ def test_resolutions_only_touch_their_instance(world):
     corr.add(rec.Resolution('instance.create.end', UUID, REQ, 'end-1'))
     [row] = tc.rows(store, 'incidents')
     assert row['resolved'] == 1
+
+
+def test_a_held_lease_is_renewed_only_past_half_its_time(replicas):
+    conf, (a, b), (store, other), _, clock = replicas
+    assert store.write(lambda conn: store.take_lease(conn, 'router', 10))
+    [first] = tc.rows(store, 'leases')
+    clock.now += 4
+    assert store.write(lambda conn: store.take_lease(conn, 'router', 10))
+    assert tc.rows(store, 'leases') == [first]      # no write
+    clock.now += 2
+    assert store.write(lambda conn: store.take_lease(conn, 'router', 10))
+    [renewed] = tc.rows(store, 'leases')
+    assert renewed['expires_at'] == first['expires_at'] + 6
+    # After a failed cycle, the lease is read again from the database.
+    store.forget_leases()
+    assert not other.write(lambda conn: other.take_lease(conn, 'router',
+                                                         10))
