@@ -23,7 +23,10 @@ RabbitMQ node, as the functional tests do, runs the real
    webhook receiver getting its alert, minus ``[correlation] group_wait``;
 3. rules: the service's throughput with 1 rule and with 1,000 rules;
 4. storm: a burst of errors: the service's peak RSS, the time until every
-   message is durable, the alerts and digests each receiver got.
+   message is durable, the alerts and digests each receiver got;
+5. database: one service process with its outbox on SQLite, MariaDB and
+   PostgreSQL, and three replicas on one MariaDB / PostgreSQL database,
+   against the no-op batch listener (``database.py``).
 
 It prints one table per measurement and, last, one line of JSON. Every loop
 is bounded in count and time; all traffic goes to 127.0.0.1; the broker,
@@ -1241,6 +1244,16 @@ class Bench:
                 args.storm_errors)
             self.settle_memory()
             self.storm(messages)
+            del messages
+        if 'database' in phases:
+            if stream is None or args.db_messages != args.messages:
+                generator = self.traffic.Traffic(seed=args.seed + 3)
+                stream = self.make_stream(generator,
+                                          generator.mixed(args.db_messages))
+                self.settle_memory()
+            database = importlib.import_module('database')
+            database.DatabasePhase(self, sys.modules[__name__]).measure(
+                stream)
         figures = (time.monotonic() - started, os.cpu_count() or 0)
         print('\nbenchmark done in %.0f s on %d cores (load average now '
               '%.2f %.2f %.2f)' % (figures + os.getloadavg()))
@@ -1252,6 +1265,14 @@ GOALS = (
     ('rules_1000_ratio', lambda v: v >= 0.9, '1000 rules >= 0.9 x 1 rule'),
     ('storm_peak_rss_mb', lambda v: v <= 200.0, 'peak RSS <= 200 MB'),
     ('storm_all_durable', lambda v: v is True, 'all durable'),
+    ('db_ratio_mariadb', lambda v: v >= 0.85, 'MariaDB >= 0.85 x SQLite'),
+    ('db_ratio_postgresql', lambda v: v >= 0.85,
+     'PostgreSQL >= 0.85 x SQLite'),
+    ('replicas_ratio_mariadb', lambda v: v >= 1.2,
+     '3 replicas >= 1.2 x 1 (MariaDB)'),
+    ('replicas_ratio_postgresql', lambda v: v >= 1.2,
+     '3 replicas >= 1.2 x 1 (PostgreSQL)'),
+    ('database_all_stored', lambda v: v is True, 'every failure stored'),
 )
 
 
@@ -1288,7 +1309,8 @@ def summary(bench, args):
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         description='Benchmark nova-error-notifier against a private '
-                    'RabbitMQ (throughput, latency, rules, storm).')
+                    'RabbitMQ (throughput, latency, rules, storm, '
+                    'database).')
     parser.add_argument('--quick', action='store_true',
                         help='a smaller run (about a fifth of the work)')
     parser.add_argument('--messages', type=int,
@@ -1314,7 +1336,18 @@ def parse_args(argv):
     parser.add_argument('--group-interval', type=int, default=10,
                         help='[delivery] group_interval of the storm run '
                              '(10)')
-    parser.add_argument('--phases', default='throughput,latency,rules,storm',
+    parser.add_argument('--db-backends', default='sqlite,mariadb,postgresql',
+                        help='outbox backends of the database phase')
+    parser.add_argument('--db-replicas', type=int, default=3,
+                        help='replicas on one MariaDB / PostgreSQL database '
+                             '(3; 1 to skip)')
+    parser.add_argument('--db-pairs', type=int,
+                        help='rounds of the database phase (3; quick 2)')
+    parser.add_argument('--db-messages', type=int,
+                        help='messages per database-phase queue (20000; '
+                             'quick 8000)')
+    parser.add_argument('--phases',
+                        default='throughput,latency,rules,storm,database',
                         help='comma-separated subset to run')
     parser.add_argument('--seed', type=int, default=1)
     parser.add_argument('--profile', metavar='DIR',
@@ -1333,7 +1366,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     defaults = {'messages': (20000, 4000), 'pairs': (5, 3),
                 'rules_pairs': (5, 2), 'latency_seconds': (60.0, 15.0),
-                'storm_errors': (10000, 2000), 'storm_seconds': (10.0, 2.0)}
+                'storm_errors': (10000, 2000), 'storm_seconds': (10.0, 2.0),
+                'db_pairs': (3, 2), 'db_messages': (20000, 8000)}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
@@ -1345,8 +1379,14 @@ def parse_args(argv):
                          % text)
         options.append(match.groups())
     args.service_option = options
+    args.db_backends = [b.strip() for b in args.db_backends.split(',')
+                        if b.strip()]
+    wrong = set(args.db_backends) - {'sqlite', 'mariadb', 'postgresql'}
+    if wrong or not args.db_backends:
+        parser.error('--db-backends: sqlite, mariadb, postgresql, not %s'
+                     % ', '.join(sorted(wrong)))
     unknown = set(args.phases.split(',')) - {'throughput', 'latency',
-                                             'rules', 'storm'}
+                                             'rules', 'storm', 'database'}
     if unknown:
         parser.error('unknown phase(s): %s' % ', '.join(sorted(unknown)))
     if args.messages < 100 or args.pairs < 1 or args.rules_pairs < 1:
