@@ -22,6 +22,8 @@ import datetime
 import typing
 import uuid
 
+from nova_error_notifier import record as rec
+
 #: Namespace of the stable incident ids (uuid5).
 _ID_NAMESPACE = uuid.UUID('0f6d1c1e-5a34-4bb4-9d43-5e1f0c3a9b27')
 
@@ -79,6 +81,11 @@ class Alert:
     #: fewer when capped), and its one-line summary.
     digest_count: int = 0
     summary: typing.Optional[str] = None
+    #: Region of the bus the failure was reported on (``[bus:NAME]
+    #: region_name``, ``[listener] region_name``), None without one. A
+    #: digest has the region of every incident it folds when they share
+    #: it, else None.
+    region: typing.Optional[str] = None
 
     @property
     def is_digest(self):
@@ -92,14 +99,15 @@ class Alert:
 def incident_id(records):
     """A stable id for the failure the records describe.
 
-    Records of one failure share the request id and the instance; without a
-    request id the first message id (or the content) stands in.
+    Records of one failure share the request id, the instance and the
+    region; without a request id the first message id (or the content)
+    stands in.
     """
     first = records[0]
     key = '|'.join((first.request_id or first.message_id or
                     '%s/%s' % (first.event_type, first.timestamp),
                     first.instance_uuid or ''))
-    return str(uuid.uuid5(_ID_NAMESPACE, key))
+    return str(uuid.uuid5(_ID_NAMESPACE, rec.scoped(first.region, key)))
 
 
 def informativeness(record):
@@ -183,6 +191,7 @@ def from_records(records, receiver, rule, include_details=False,
         count=len(records),
         first_seen=min(stamps) if stamps else now,
         last_seen=max(stamps) if stamps else now,
+        region=_first(records, 'region'),
     )
 
 
@@ -283,7 +292,14 @@ def with_rule(alert, rule):
 
 
 def digest(digest_id, receiver, rule, members, count, summary):
-    """One alert folding ``count`` incidents (``members`` may be fewer)."""
+    """One alert folding ``count`` incidents (``members`` may be fewer).
+
+    The digest has a region when every incident it folds is listed and
+    they all share that region.
+    """
+    regions = {m.region for m in members}
+    region = (regions.pop() if len(regions) == 1 and
+              count <= len(members) else None)
     stamps = [m.first_seen for m in members if m.first_seen]
     lasts = [m.last_seen for m in members if m.last_seen]
     event_types = []
@@ -297,4 +313,4 @@ def digest(digest_id, receiver, rule, members, count, summary):
         digest_count=count, summary=summary,
         count=sum(m.count for m in members) or count,
         first_seen=min(stamps) if stamps else None,
-        last_seen=max(lasts) if lasts else None)
+        last_seen=max(lasts) if lasts else None, region=region)

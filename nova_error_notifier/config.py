@@ -9,12 +9,13 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
-"""Load and check the rules and receivers of a configuration at once."""
+"""Load and check the rules, receivers and buses of a configuration at once."""
 
 import os
 
 from oslo_config import cfg
 
+from nova_error_notifier import bus as bus_mod
 from nova_error_notifier import receivers as receivers_mod
 from nova_error_notifier import rules as rules_mod
 
@@ -34,12 +35,14 @@ OWN_GROUPS = ('listener', 'email', 'staff', 'correlation', 'delivery',
 
 
 class Settings:
-    """The rules and receivers in force."""
+    """The rules and receivers in force, and the buses listened to."""
 
-    def __init__(self, ruleset, receivers, warnings=()):
+    def __init__(self, ruleset, receivers, warnings=(), buses=()):
         self.ruleset = ruleset
         self.receivers = receivers
         self.warnings = list(warnings)
+        #: The :class:`nova_error_notifier.bus.Bus` es, default bus first.
+        self.buses = tuple(buses)
 
 
 def _fallback_receiver(conf):
@@ -74,6 +77,8 @@ def load(conf):
 
     :raises ConfigError: with one line per problem.
     """
+    # The [bus:NAME] groups first: check_values reads their options too.
+    buses, bus_problems, bus_warnings = bus_mod.load(conf)
     problems = check_values(conf)
     warnings = []
     implicit = not [n for n in conf.rules if n.strip()]
@@ -96,10 +101,11 @@ def load(conf):
     section_problems, section_warnings = check_sections(conf, names,
                                                         set(receivers))
     problems.extend(section_problems)
-    warnings = list(warnings) + section_warnings
+    problems.extend(bus_problems)
+    warnings = list(warnings) + section_warnings + bus_warnings
     if problems:
         raise ConfigError(problems, warnings)
-    return Settings(ruleset, receivers, warnings)
+    return Settings(ruleset, receivers, warnings, buses)
 
 
 def _config_files(conf):
@@ -146,6 +152,7 @@ def check_sections(conf, receiver_names, loaded=None):
             continue
         own = (section.startswith(rules_mod.RULE_GROUP_PREFIX) or
                section.startswith(receivers_mod.GROUP_PREFIX) or
+               section.startswith(bus_mod.GROUP_PREFIX) or
                section in OWN_GROUPS)
         if section.startswith(receivers_mod.GROUP_PREFIX):
             name = section[len(receivers_mod.GROUP_PREFIX):]

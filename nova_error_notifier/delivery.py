@@ -27,12 +27,13 @@ SQLite outbox, which only one process uses). Every attempt writes one audit
 line to the log.
 """
 
+import dataclasses
 import random
 import threading
 import time
+import typing
 
 from oslo_log import log
-import sqlalchemy as sa
 
 from nova_error_notifier import alert as alert_mod
 from nova_error_notifier.drivers import base
@@ -43,13 +44,120 @@ from nova_error_notifier import redact
 LOG = log.getLogger(__name__)
 AUDIT = log.getLogger('nova_error_notifier.audit')
 
+#: The alert reached the receiver.
+SENT = 'sent'
+#: The attempt failed; a later one may succeed.
+RETRYABLE = 'retryable'
+#: The attempt failed; no later one can succeed.
+PERMANENT = 'permanent'
+#: Characters of an error text an outcome keeps (then "..."), before
+#: escaping.
+MAX_ERROR = 500
+
+
+def safe_error(text, secrets=()):
+    """``text`` as one line safe to log, print and store.
+
+    URL credentials and query values are masked, and ``secrets`` wherever
+    they appear; controls are escaped and the length bounded
+    (:data:`MAX_ERROR`).
+    """
+    return logsafe.escape(redact.text(text, secrets), MAX_ERROR)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one delivery attempt came to.
+
+    ``status`` is :data:`SENT`, :data:`RETRYABLE` or :data:`PERMANENT`;
+    ``error`` (None when sent) says why, already made safe
+    (:func:`safe_error`); ``retry_after`` is the number of seconds the
+    receiver asked to wait before the next attempt, or None.
+    """
+
+    status: str
+    error: typing.Optional[str] = None
+    retry_after: typing.Optional[float] = None
+
+    @property
+    def sent(self):
+        return self.status == SENT
+
+    @property
+    def retryable(self):
+        return self.status == RETRYABLE
+
+    @classmethod
+    def failure(cls, text, retryable, retry_after=None, secrets=()):
+        """A failed attempt; ``text`` is made safe here."""
+        return cls(RETRYABLE if retryable else PERMANENT,
+                   safe_error(text, secrets), retry_after)
+
+
+class DriverCrashed(Exception):
+    """Stands for a driver's unexpected exception in the log.
+
+    The traceback is the driver's; the message is the outcome's (secrets
+    masked, on one line), and no chained exception is shown, so that the
+    log line holds no more than the outcome does.
+    """
+
+
+def _secrets(driver):
+    try:
+        return list(driver.secrets())
+    except Exception:   # a third-party driver's own secrets(): no outcome
+        return []       # is lost over it
+
+
+def send(target, alert):
+    """Make one attempt to deliver ``alert``; return its :class:`Outcome`.
+
+    The one place that calls a driver's ``notify``: the delivery workers,
+    ``nova-error-notifier-manage send-test`` and
+    ``nova-error-notifier-replay`` all go through it. A
+    :class:`~nova_error_notifier.drivers.base.DriverError` becomes a
+    retryable or permanent failure as it says; any other exception is
+    logged with its traceback (see :class:`DriverCrashed`) and becomes a
+    retryable failure. The error
+    text never holds the receiver's secrets (:meth:`Driver.secrets`) nor a
+    URL's credentials, and is safe to log::
+
+        outcome = delivery.send(receiver, alert)
+        if not outcome.sent:
+            LOG.error('not sent (retryable=%s): %s', outcome.retryable,
+                      outcome.error)
+
+    :param target: a :class:`~nova_error_notifier.receivers.Receiver`, or
+        a driver.
+    """
+    if isinstance(target, base.Driver):
+        driver, name, driver_name = target, target.receiver, \
+            type(target).__name__
+    else:
+        driver, name, driver_name = target.driver, target.name, \
+            target.driver_name
+    try:
+        driver.notify(alert)
+    except base.DriverError as exc:
+        return Outcome.failure(exc, exc.retryable, exc.retry_after,
+                               _secrets(driver))
+    except Exception as exc:
+        outcome = Outcome.failure('%s: %s' % (type(exc).__name__, exc), True,
+                                  secrets=_secrets(driver))
+        shown = DriverCrashed(outcome.error)
+        LOG.error('Driver %s of receiver %s raised on alert %s', driver_name,
+                  name, alert.id,
+                  exc_info=(DriverCrashed, shown, exc.__traceback__))
+        return outcome
+    return Outcome(SENT)
+
 
 class DeliveryPool:
     """Worker threads delivering the outbox's pending rows."""
 
     def __init__(self, conf, store, settings, wakeup=None, clock=time.time,
                  enricher=None):
-        outbox.register_opts(conf)
         self.conf = conf
         self.enricher = enricher
         self.store = store
@@ -87,16 +195,8 @@ class DeliveryPool:
     def reclaim(self, all_owners=False):
         """Hand deliveries left in flight by a dead process back."""
         now = self.clock()
-        dl = outbox.deliveries
-
-        def work(conn):
-            condition = dl.c.state == 'in_flight'
-            if not all_owners:
-                condition = sa.and_(condition, dl.c.claimed_until < now)
-            return conn.execute(dl.update().where(condition).values(
-                state='pending', claimed_by=None, claimed_until=None,
-                next_attempt_at=now)).rowcount
-        count = self.store.write(work)
+        count = self.store.write(
+            lambda tx: tx.hand_back_claims(now, all_owners=all_owners))
         if count:
             LOG.warning('%d delivery(ies) were in flight when the service '
                         'stopped: they are retried (a receiver may see one '
@@ -132,20 +232,8 @@ class DeliveryPool:
     def claim(self):
         """Claim the next due pending delivery, or return None."""
         now = self.clock()
-        dl = outbox.deliveries
-
-        def work(conn):
-            row = conn.execute(sa.select(dl).where(
-                dl.c.state == 'pending', dl.c.next_attempt_at <= now)
-                .order_by(dl.c.next_attempt_at, dl.c.id).limit(1)).first()
-            if row is None:
-                return None
-            claimed = conn.execute(dl.update().where(
-                dl.c.id == row.id, dl.c.state == 'pending').values(
-                    state='in_flight', claimed_by=self.store.owner,
-                    claimed_until=now + self.options.lease)).rowcount
-            return row if claimed == 1 else None
-        return self.store.write(work)
+        return self.store.write(lambda tx: tx.claim_delivery(
+            now, now + self.options.lease))
 
     #: Seconds between two "outbox unavailable" lines of the workers.
     DOWN_LOG_INTERVAL = 30.0
@@ -170,7 +258,7 @@ class DeliveryPool:
             alert = alert_mod.from_dict(outbox.loads(row.alert))
         except Exception as exc:
             # Nothing later can read it either: one attempt, and dead.
-            return self._failed(row, attempt, base.DriverError(
+            return self._failed(row, attempt, Outcome.failure(
                 'the stored alert cannot be read: %s: %s' % (
                     type(exc).__name__, exc), retryable=False))
         try:
@@ -181,18 +269,12 @@ class DeliveryPool:
         except Exception as exc:
             LOG.exception('Preparing %s %s for receiver %s failed',
                           row.kind, row.incident_id, row.receiver)
-            return self._failed(row, attempt, base.DriverError(
+            return self._failed(row, attempt, Outcome.failure(
                 'preparing the alert failed: %s: %s' % (
                     type(exc).__name__, exc), retryable=True))
-        try:
-            receiver.driver.notify(alert)
-        except base.DriverError as exc:
-            return self._failed(row, attempt, exc)
-        except Exception as exc:
-            LOG.exception('Driver %s of receiver %s raised', receiver
-                          .driver_name, receiver.name)
-            return self._failed(row, attempt, base.DriverError(
-                '%s: %s' % (type(exc).__name__, exc), retryable=True))
+        outcome = send(receiver, alert)
+        if not outcome.sent:
+            return self._failed(row, attempt, outcome)
         now = self.clock()
         self._update(row, state='done', attempts=attempt, finished_at=now,
                      claimed_by=None, claimed_until=None, last_error=None)
@@ -207,13 +289,11 @@ class DeliveryPool:
         housekeeping hands it back.
         """
         attempt = row.attempts + 1
-        dl = outbox.deliveries
         try:
-            self.store.write(lambda conn: conn.execute(dl.update().where(
-                *self._claimed(row)).values(
-                    state='pending', attempts=attempt, claimed_by=None,
-                    claimed_until=None,
-                    next_attempt_at=self.clock() + self.backoff(attempt))))
+            self.store.write(lambda tx: tx.update_claimed_delivery(
+                row.id, state='pending', attempts=attempt, claimed_by=None,
+                claimed_until=None,
+                next_attempt_at=self.clock() + self.backoff(attempt)))
         except Exception as exc:
             (LOG.debug if quiet else LOG.error)(
                 'Delivery %s stays claimed until its lease ends: %s',
@@ -229,14 +309,14 @@ class DeliveryPool:
             delay = max(delay, float(retry_after))
         return delay
 
-    def _failed(self, row, attempt, error):
+    def _failed(self, row, attempt, outcome):
         now = self.clock()
-        # Any driver's message: a URL's password or query token masked
+        # Made safe by the Outcome: a URL's password or query token masked
         # before it reaches the log, the audit line and the dead letters.
-        reason = logsafe.escape(redact.text(error), 500)
+        reason = outcome.error
         deadline = row.created_at + self.options.retry_deadline
-        if error.retryable:
-            delay = self.backoff(attempt, error.retry_after)
+        if outcome.retryable:
+            delay = self.backoff(attempt, outcome.retry_after)
             if now + delay <= deadline:
                 self._update(row, state='pending', attempts=attempt,
                              next_attempt_at=now + delay, claimed_by=None,
@@ -253,35 +333,29 @@ class DeliveryPool:
         LOG.error('Receiver %s (driver %s) could not deliver %s %s '
                   '(request_id=%s, retryable=%s): %s', row.receiver,
                   self._driver_name(row), row.kind, row.incident_id,
-                  self._request_id(row), error.retryable, reason)
+                  self._request_id(row), outcome.retryable, reason)
         return self._dead(row, attempt, reason)
 
     def _dead(self, row, attempt, reason):
         now = self.clock()
         fallback = self.options.fallback_receiver
-        dl = outbox.deliveries
 
-        def work(conn):
-            if not conn.execute(dl.update().where(*self._claimed(row)).values(
-                    state='dead', attempts=attempt, finished_at=now,
-                    claimed_by=None, claimed_until=None,
-                    last_error=reason)).rowcount:
+        def work(tx):
+            # Every outcome is a compare-and-swap on the claim: a worker
+            # whose lease ran out (and whose delivery another replica took
+            # over) records nothing.
+            if not tx.update_claimed_delivery(
+                    row.id, state='dead', attempts=attempt, finished_at=now,
+                    claimed_by=None, claimed_until=None, last_error=reason):
                 self._lost(row)
                 return False
-            conn.execute(outbox.dead_letters.insert().values(
-                delivery_id=row.id, incident_id=row.incident_id,
-                receiver=row.receiver, reason=reason, created_at=now))
+            tx.add_dead_letter(row.id, row.incident_id, row.receiver,
+                               reason, now)
             if fallback and fallback != row.receiver and \
                     fallback in self.settings.receivers:
-                exists = conn.execute(sa.select(dl.c.id).where(
-                    dl.c.incident_id == row.incident_id,
-                    dl.c.receiver == fallback)).first()
-                if exists is None:
-                    conn.execute(dl.insert().values(
-                        incident_id=row.incident_id, receiver=fallback,
-                        rule=row.rule, kind=row.kind, alert=row.alert,
-                        state='pending', attempts=0, created_at=now,
-                        next_attempt_at=now))
+                if not tx.delivery_exists(row.incident_id, fallback):
+                    tx.insert_delivery(row.incident_id, fallback, row.rule,
+                                       row.kind, row.alert, now)
                     return True
             return False
         to_fallback = self.store.write(work)
@@ -292,27 +366,14 @@ class DeliveryPool:
             self.wakeup.set()
         return 'dead'
 
-    def _claimed(self, row):
-        """The row, as long as this worker's claim on it holds.
-
-        Every outcome is a compare-and-swap on the claim: a worker whose
-        lease ran out (and whose delivery another replica took over)
-        records nothing.
-        """
-        dl = outbox.deliveries
-        return (dl.c.id == row.id, dl.c.state == 'in_flight',
-                dl.c.claimed_by == self.store.owner)
-
     def _lost(self, row):
         LOG.warning('Delivery %s to receiver %s was taken over by another '
                     'worker (this one\'s claim ran out): the outcome of this '
                     'attempt is not recorded', row.id, row.receiver)
 
     def _update(self, row, **values):
-        dl = outbox.deliveries
-        if not self.store.write(lambda conn: conn.execute(
-                dl.update().where(*self._claimed(row)).values(
-                    **values)).rowcount):
+        if not self.store.write(lambda tx: tx.update_claimed_delivery(
+                row.id, **values)):
             self._lost(row)
 
     def _driver_name(self, row):

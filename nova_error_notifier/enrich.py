@@ -33,6 +33,13 @@ the bus, and a value such as ``../../os-hypervisors`` or
 well-formed is not asked about, and the alert says so in its
 ``enrichment_note`` (a bad request id only skips the action call).
 
+Nova's API is the one of the alert's region: an alert from a named bus
+(``[bus:NAME] region_name``) asks the compute endpoint of that region in
+the Keystone catalog (keystoneauth's ``region_name``); an alert without a
+region uses ``[enrichment] region_name`` and ``compute_endpoint_override``
+as they are. Keystone is the one of the ``[enrichment]`` settings for
+every alert.
+
 All of it within ``[enrichment] timeout`` seconds per incident: on a
 timeout, 403, 404 or any error the alert goes out without it, marked not
 enriched, with one log line saying why. Answers are cached for
@@ -81,14 +88,17 @@ ENRICHMENT_OPTS = [
                     'the catalog.'),
     cfg.StrOpt('region_name',
                help='Region of the endpoints. Default: [DEFAULT] '
-                    'region_name.'),
+                    'region_name. An alert from a bus with a region (see '
+                    '[bus:NAME] region_name) asks the compute endpoint of '
+                    'its own region.'),
     cfg.StrOpt('compute_api_version',
                default='2.84',
                help='Compute API microversion to ask for (2.62 adds event '
                     'hosts, 2.84 event details).'),
     cfg.StrOpt('compute_endpoint_override',
                help='URL of the compute API to use instead of the one in '
-                    'the Keystone catalog.'),
+                    'the Keystone catalog, for the alerts without a '
+                    'region.'),
     cfg.IntOpt('cache_ttl',
                default=30,
                min=0,
@@ -153,12 +163,12 @@ class Enricher:
     """Asks Nova and Keystone about an alert's server and request."""
 
     def __init__(self, conf, clock=time.monotonic):
-        register_opts(conf)
         self.conf = conf
         self.clock = clock
         self._lock = threading.Lock()
         self._cache = {}
         self._adapters = {}
+        self._sessions = {}
         self._pool = futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix='enrich')
 
@@ -169,33 +179,48 @@ class Enricher:
     def check(self):
         return staff_mod.StaffDirectory(self.conf).check()
 
-    def _adapter(self, service_type):
+    def _adapter(self, service_type, region=None):
+        """The adapter of a service; of ``region``'s compute API if given.
+
+        One session per service (the compute APIs of every region share
+        one).
+        """
+        region = region if service_type == 'compute' else None
         with self._lock:
-            if service_type not in self._adapters:
-                auth = ks_loading.load_auth_from_conf_options(
-                    self.conf, staff_mod.CREDENTIALS_GROUP)
-                session = ks_loading.load_session_from_conf_options(
-                    self.conf, staff_mod.CREDENTIALS_GROUP, auth=auth)
+            if (service_type, region) not in self._adapters:
+                session = self._sessions.get(service_type)
+                if session is None:
+                    auth = ks_loading.load_auth_from_conf_options(
+                        self.conf, staff_mod.CREDENTIALS_GROUP)
+                    session = ks_loading.load_session_from_conf_options(
+                        self.conf, staff_mod.CREDENTIALS_GROUP, auth=auth)
+                    self._sessions[service_type] = session
                 kwargs = {}
                 if service_type == 'compute':
                     kwargs['default_microversion'] = \
                         self.options.compute_api_version
-                    if self.options.compute_endpoint_override:
+                    if self.options.compute_endpoint_override and \
+                            region is None:
                         kwargs['endpoint_override'] = \
                             self.options.compute_endpoint_override
                 else:
                     kwargs['version'] = (3, 0)
-                self._adapters[service_type] = ks_adapter.Adapter(
+                self._adapters[service_type, region] = ks_adapter.Adapter(
                     session, service_type=service_type,
                     interface=self.options.interface,
-                    region_name=(self.options.region_name or
+                    region_name=(region or self.options.region_name or
                                  self.conf.region_name or None),
                     **kwargs)
-            return self._adapters[service_type]
+            return self._adapters[service_type, region]
 
-    def _get(self, service_type, path, deadline):
-        """GET ``path`` (cached); raises _Skip with a reason on failure."""
-        key = (service_type, path)
+    def _get(self, service_type, path, deadline, region=None):
+        """GET ``path`` (cached); raises _Skip with a reason on failure.
+
+        ``region``: the region of the compute API asked (None: the
+        ``[enrichment]`` settings').
+        """
+        region = region if service_type == 'compute' else None
+        key = (service_type, region, path)
         now = self.clock()
         with self._lock:
             cached = self._cache.get(key)
@@ -207,7 +232,7 @@ class Enricher:
         if remaining <= 0:
             raise _Skip('the %.1f s budget is spent' % self.options.timeout)
         try:
-            response = self._adapter(service_type).get(
+            response = self._adapter(service_type, region).get(
                 path, timeout=remaining)
             value = response.json()
         except ks_exc.NotFound:
@@ -265,7 +290,7 @@ class Enricher:
         uuid = parse.quote(alert.instance_uuid, safe='')
         try:
             server = self._get('compute', '/servers/%s' % uuid,
-                               deadline).get('server') or {}
+                               deadline, alert.region).get('server') or {}
             found['server'] = {
                 'status': server.get('status'),
                 'name': server.get('name'),
@@ -292,7 +317,7 @@ class Enricher:
                 action = self._get(
                     'compute', '/servers/%s/os-instance-actions/%s' % (
                         uuid, parse.quote(alert.request_id, safe='')),
-                    deadline).get('instanceAction') or {}
+                    deadline, alert.region).get('instanceAction') or {}
                 found['action'] = {
                     'action': action.get('action'),
                     'request_id': action.get('request_id'),

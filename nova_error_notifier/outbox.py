@@ -17,8 +17,9 @@ the default SQLite file (WAL mode) as well as on MySQL or PostgreSQL:
 
 * ``messages``: one row per Nova message id, so that a redelivered message
   changes nothing;
-* ``incidents``: the messages of one failure (same request id and
-  instance), their records as JSON, and whether the incident is ``open``
+* ``incidents``: the messages of one failure (same request id, instance
+  and region: the bus's), their records as JSON, and whether the incident
+  is ``open``
   (collecting during ``[correlation] group_wait``), ``routed`` (its
   deliveries exist), ``suppressed`` (a rescheduled build that succeeded, or
   no rule matched) or ``digested``;
@@ -45,6 +46,13 @@ a cut prefix; display texts are cut and cleaned (:func:`fit_text`).
 Database errors are told apart: a lost connection, a lock timeout or a
 deadlock raise :class:`StoreUnavailable` (try again later); anything else
 raises :class:`StoreError` (this write cannot succeed as it is).
+
+Every statement of the stages (grouping, routing, storm control, the
+delivery workers) is a named method of :class:`Transaction`, the object
+:meth:`Store.write` and :meth:`Store.read` hand to their work; the
+statements are built once, at import. JSON columns (records, alerts, digest
+members) go in and come out as text (:func:`dumps`, :func:`loads`), so that
+a stage decodes a document only when it needs it.
 """
 
 import contextlib
@@ -76,6 +84,8 @@ LOG = log.getLogger(__name__)
 
 GROUP = 'delivery'
 
+#: The [delivery] options of the outbox and the delivery workers (storm
+#: control declares its own: :mod:`nova_error_notifier.storm`).
 DELIVERY_OPTS = [
     cfg.StrOpt('connection',
                secret=True,
@@ -113,23 +123,6 @@ DELIVERY_OPTS = [
     cfg.StrOpt('fallback_receiver',
                help='Receiver that gets an alert whose delivery to another '
                     'receiver failed for good.'),
-    cfg.IntOpt('group_interval',
-               default=120,
-               min=1,
-               help='Seconds of the storm control window: per receiver, '
-                    'at most max_alerts_per_interval single alerts in it; '
-                    'past that, incidents are folded into one digest per '
-                    'receiver and interval.'),
-    cfg.IntOpt('max_alerts_per_interval',
-               default=20,
-               min=0,
-               help='Single alerts per receiver and group_interval before '
-                    'digests take over; 0 means no limit.'),
-    cfg.IntOpt('digest_max_items',
-               default=50,
-               min=1,
-               help='Incidents listed in a digest; beyond that they are '
-                    'counted.'),
     cfg.IntOpt('lease',
                default=120,
                min=5,
@@ -157,6 +150,8 @@ KEY_LENGTH = 255
 KeyString = sa.String(KEY_LENGTH).with_variant(
     mysql.VARCHAR(KEY_LENGTH, charset='utf8mb4', collation='utf8mb4_bin'),
     'mysql')
+#: Records kept per incident (its message count goes on beyond).
+MAX_RECORDS = 50
 #: Longest display text kept in a Text column (a MySQL TEXT holds 65,535
 #: bytes: 16,000 characters of up to four bytes).
 MAX_TEXT = 16000
@@ -217,6 +212,10 @@ incidents = sa.Table(
     sa.Column('updated_at', Time, nullable=False),
     sa.Column('due_at', Time, nullable=False, index=True),
     sa.Column('note', sa.String(255), nullable=True),
+    #: Region of the bus the incident's messages came from (fit_key), NULL
+    #: for the default bus without a region. Incidents of two regions never
+    #: merge.
+    sa.Column('region', KeyString, nullable=True),
 )
 
 deliveries = sa.Table(
@@ -314,6 +313,24 @@ class StoreConfigError(ValueError):
     """The outbox cannot be opened safely as configured."""
 
 
+def transient(exc):
+    """Whether a database error may pass on a later try.
+
+    A lost connection, a lock, a deadlock, a full pool (what
+    :meth:`Store.write` raises as :class:`StoreUnavailable`), as opposed
+    to a write that cannot succeed as it is.
+    """
+    if isinstance(exc, (StoreUnavailable, db_exc.DBDeadlock,
+                        db_exc.DBConnectionError, db_exc.RetryRequest)):
+        return True
+    if isinstance(exc, db_exc.DBError):
+        return isinstance(exc.inner_exception, Store.TRANSIENT)
+    if isinstance(exc, Store.TRANSIENT):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and \
+        bool(exc.connection_invalidated)
+
+
 DATABASE_GROUP = 'database'
 
 
@@ -348,7 +365,6 @@ def default_state_dir():
 
 def connection_url(conf):
     """[database] connection, its deprecated alias, or the SQLite file."""
-    register_opts(conf)
     options = conf[GROUP]
     if conf[DATABASE_GROUP].connection:
         return conf[DATABASE_GROUP].connection
@@ -589,7 +605,9 @@ class Store:
         return True
 
     def write(self, work):
-        """Run ``work(connection)`` in one transaction and return its value.
+        """Run ``work(transaction)`` in one transaction and return its value.
+
+        ``transaction`` is a :class:`Transaction` on the connection.
 
         A deadlock or a lost connection (another replica, a Galera
         failover) runs the whole transaction again, a few times, before
@@ -608,12 +626,13 @@ class Store:
     def _write_retried(self, work):
         lock = self._lock or contextlib.nullcontext()
         with lock, self.engine.begin() as connection:
-            return work(connection)
+            return work(Transaction(connection, self))
 
     def read(self, work):
+        """Run ``work(transaction)`` on a connection, without committing."""
         lock = self._lock or contextlib.nullcontext()
         with self._guard(), lock, self.engine.connect() as connection:
-            return work(connection)
+            return work(Transaction(connection, self))
 
     def purge(self, retention):
         """Forget finished work older than ``retention`` seconds.
@@ -698,6 +717,8 @@ class Store:
 
     def take_lease(self, conn, name, ttl):
         """Whether this process holds the lease ``name`` (taken or renewed).
+
+        ``conn`` is the :class:`Transaction` of a :meth:`write`.
 
         Compare-and-swap on the row, so that two replicas never both hold
         it; a holder that stopped renewing loses it after ``ttl`` seconds.
@@ -800,6 +821,384 @@ class Store:
                     sa.select(sa.func.count()).select_from(table)).scalar()
             return result
         return self.read(work)
+
+
+# -- the statements of the stages ---------------------------------------------
+#
+# Built once: compiling a statement costs more than running it on SQLite.
+
+_msg = messages
+_inc = incidents
+_dl = deliveries
+_dg = digests
+
+# Grouping.
+_SEEN = sa.select(_msg.c.message_id).where(
+    _msg.c.message_id.in_(sa.bindparam('keys', expanding=True)))
+_INSERT_MESSAGES = _msg.insert()
+_INCIDENT_BY_KEY = sa.select(_inc).where(_inc.c.key == sa.bindparam('key'))
+# A region is compared as NULL-safe equality (IS on SQLite, <=> on MySQL,
+# IS NOT DISTINCT FROM on PostgreSQL): NULL is the default bus's region.
+_INCIDENTS_OF_REQUEST = sa.select(_inc).where(
+    _inc.c.request_id == sa.bindparam('request_id'),
+    _inc.c.region.is_not_distinct_from(sa.bindparam('region'))).limit(2)
+_OPEN_OF_INSTANCES = sa.select(
+    _inc.c.id, _inc.c.instance_uuid, _inc.c.request_id).where(
+        _inc.c.instance_uuid.in_(sa.bindparam('uuids', expanding=True)),
+        _inc.c.region.is_not_distinct_from(sa.bindparam('region')),
+        _inc.c.state == 'open')
+_RESOLVE_OPEN = _inc.update().where(
+    _inc.c.id.in_(sa.bindparam('ids', expanding=True)),
+    _inc.c.state == 'open').values(resolved=True)
+# Compare-and-swap on the message count: another replica that added to the
+# incident meanwhile makes this update change nothing, and the batch is
+# stored again on what that replica wrote (no lost records).
+_UPDATE_INCIDENT = _inc.update().where(
+    _inc.c.id == sa.bindparam('b_id'),
+    _inc.c.message_count == sa.bindparam('b_old_count')).values(
+        key=sa.bindparam('b_key'),
+        instance_uuid=sa.bindparam('b_instance_uuid'),
+        records=sa.bindparam('b_records'),
+        message_count=sa.bindparam('b_message_count'),
+        resolved=sa.bindparam('b_resolved'),
+        updated_at=sa.bindparam('b_updated_at'))
+_INSERT_INCIDENTS = _inc.insert()
+
+# Routing.
+_DUE_INCIDENTS = sa.select(_inc).where(
+    _inc.c.state == 'open', _inc.c.due_at <= sa.bindparam('b_now')).order_by(
+        _inc.c.due_at).limit(sa.bindparam('b_limit'))
+_OTHERS_OF_REQUEST = sa.select(_inc).where(
+    _inc.c.request_id == sa.bindparam('b_request_id'),
+    _inc.c.region.is_not_distinct_from(sa.bindparam('b_region')),
+    _inc.c.id != sa.bindparam('b_id')).limit(20)
+_MERGE_INTO = _inc.update().where(
+    _inc.c.id == sa.bindparam('b_id'),
+    _inc.c.message_count == sa.bindparam('b_old_count')).values(
+        records=sa.bindparam('b_records'),
+        message_count=sa.bindparam('b_message_count'),
+        updated_at=sa.bindparam('b_updated_at'))
+_FINISH_INCIDENT = _inc.update().where(
+    _inc.c.id == sa.bindparam('b_id'), _inc.c.state == 'open').values(
+        state=sa.bindparam('b_state'), note=sa.bindparam('b_note'),
+        updated_at=sa.bindparam('b_updated_at'))
+_NEXT_INCIDENT = sa.select(sa.func.min(_inc.c.due_at)).where(
+    _inc.c.state == 'open')
+_NEXT_DIGEST = sa.select(sa.func.min(_dg.c.due_at)).where(
+    _dg.c.state == 'collecting')
+
+# Storm control.
+_SINGLES_SENT = sa.select(sa.func.count()).select_from(_dl).where(
+    _dl.c.receiver == sa.bindparam('b_receiver'), _dl.c.kind == 'single',
+    _dl.c.created_at >= sa.bindparam('b_since'))
+_COLLECTING_DIGEST = sa.select(_dg.c.id, _dg.c.count).where(
+    _dg.c.receiver == sa.bindparam('b_receiver'),
+    _dg.c.state == 'collecting')
+_OPEN_DIGEST = _dg.insert()
+_DIGEST_MEMBERS = sa.select(_dg.c.members).where(
+    _dg.c.id == sa.bindparam('b_id'))
+_COUNT_IN_DIGEST = _dg.update().where(_dg.c.id == sa.bindparam('b_id')).values(
+    count=_dg.c.count + 1)
+_ADD_TO_DIGEST = _dg.update().where(_dg.c.id == sa.bindparam('b_id')).values(
+    count=_dg.c.count + 1, members=sa.bindparam('b_members'))
+_DUE_DIGESTS = sa.select(_dg).where(
+    _dg.c.state == 'collecting', _dg.c.due_at <= sa.bindparam('b_now'))
+_CLOSE_DIGEST = _dg.update().where(_dg.c.id == sa.bindparam('b_id')).values(
+    state='closed')
+
+# Deliveries.
+_INSERT_DELIVERY = _dl.insert()
+_DELIVERY_OF = sa.select(_dl.c.id).where(
+    _dl.c.incident_id == sa.bindparam('b_incident_id'),
+    _dl.c.receiver == sa.bindparam('b_receiver'))
+_NEXT_PENDING = sa.select(_dl).where(
+    _dl.c.state == 'pending',
+    _dl.c.next_attempt_at <= sa.bindparam('b_now')).order_by(
+        _dl.c.next_attempt_at, _dl.c.id).limit(1)
+_CLAIM = _dl.update().where(
+    _dl.c.id == sa.bindparam('b_id'), _dl.c.state == 'pending').values(
+        state='in_flight', claimed_by=sa.bindparam('b_owner'),
+        claimed_until=sa.bindparam('b_until'))
+_HAND_BACK_ALL = _dl.update().where(_dl.c.state == 'in_flight').values(
+    state='pending', claimed_by=None, claimed_until=None,
+    next_attempt_at=sa.bindparam('b_now'))
+_HAND_BACK_EXPIRED = _dl.update().where(
+    _dl.c.state == 'in_flight',
+    _dl.c.claimed_until < sa.bindparam('b_now')).values(
+        state='pending', claimed_by=None, claimed_until=None,
+        next_attempt_at=sa.bindparam('b_now'))
+_ADD_DEAD_LETTER = dead_letters.insert()
+_BATCH = 500
+
+
+class Transaction:
+    """One transaction on the outbox, as the stages use it.
+
+    :meth:`Store.write` and :meth:`Store.read` hand one to their work. Each
+    method is one named statement (or a few, for chunked lists); rows come
+    back as SQLAlchemy rows, read by column name (``row.id``,
+    ``row.records``). A compare-and-swap says whether it changed the row
+    (True) or found it changed by another writer (False).
+    """
+
+    __slots__ = ('connection', 'store')
+
+    def __init__(self, connection, store):
+        self.connection = connection
+        self.store = store
+
+    def execute(self, statement, parameters=None):
+        """Run a statement of one's own (tests, tools, ``ping``)."""
+        return self.connection.execute(statement, parameters)
+
+    def savepoint(self):
+        """A nested transaction (``with tx.savepoint():``).
+
+        An error inside rolls back only what was written in it.
+        """
+        return self.connection.begin_nested()
+
+    begin_nested = savepoint
+
+    def take_lease(self, name, ttl):
+        """:meth:`Store.take_lease` in this transaction."""
+        return self.store.take_lease(self, name, ttl)
+
+    # -- messages and incidents (grouping) -------------------------------
+
+    def seen_message_ids(self, keys):
+        """The message ids among ``keys`` that the outbox knows already."""
+        seen = set()
+        for start in range(0, len(keys), _BATCH):
+            seen.update(self.connection.execute(_SEEN, {
+                'keys': keys[start:start + _BATCH]}).scalars())
+        return seen
+
+    def insert_messages(self, rows):
+        """Remember message ids.
+
+        :param rows: dicts of ``message_id``, ``incident_id``,
+            ``received_at``.
+        """
+        if rows:
+            self.connection.execute(_INSERT_MESSAGES, rows)
+
+    def incident_by_key(self, key):
+        """The incident of ``key``, or None."""
+        return self.connection.execute(_INCIDENT_BY_KEY, {'key': key}).first()
+
+    def incidents_of_request(self, request_id, region=None):
+        """Two incidents of the request in ``region`` at most.
+
+        Enough to tell one. ``region`` None is the default bus's.
+        """
+        return self.connection.execute(_INCIDENTS_OF_REQUEST, {
+            'request_id': request_id, 'region': region}).all()
+
+    def open_incidents_of_instances(self, uuids, region=None):
+        """The open incidents of those instances in ``region``.
+
+        Rows of (id, instance_uuid, request_id); ``region`` None is the
+        default bus's.
+        """
+        uuids = list(uuids)
+        found = []
+        for start in range(0, len(uuids), _BATCH):
+            found.extend(self.connection.execute(_OPEN_OF_INSTANCES, {
+                'uuids': uuids[start:start + _BATCH], 'region': region}))
+        return found
+
+    def resolve_open_incidents(self, ids):
+        """Mark those incidents, if still open, as resolved.
+
+        Their builds were rescheduled and succeeded.
+        """
+        self.connection.execute(_RESOLVE_OPEN, {'ids': list(ids)})
+
+    def insert_incidents(self, rows):
+        """New incidents: dicts of every column of ``incidents``."""
+        if rows:
+            self.connection.execute(_INSERT_INCIDENTS, rows)
+
+    def update_incident(self, incident_id, old_count, key, instance_uuid,
+                        records, message_count, resolved, updated_at):
+        """Rewrite an incident, unless another writer changed it.
+
+        A compare-and-swap on the message count as read (``old_count``):
+        False when another writer added to the incident meanwhile.
+        """
+        return self.connection.execute(_UPDATE_INCIDENT, {
+            'b_id': incident_id, 'b_old_count': old_count, 'b_key': key,
+            'b_instance_uuid': instance_uuid, 'b_records': records,
+            'b_message_count': message_count, 'b_resolved': resolved,
+            'b_updated_at': updated_at}).rowcount == 1
+
+    # -- incidents (routing) -----------------------------------------------
+
+    def due_incidents(self, now, limit):
+        """Open incidents due by ``now``, earliest first, ``limit`` at most."""
+        return self.connection.execute(_DUE_INCIDENTS, {
+            'b_now': now, 'b_limit': limit}).all()
+
+    def other_incidents_of_request(self, request_id, incident_id,
+                                   region=None):
+        """The request's incidents in ``region`` but ``incident_id``.
+
+        Twenty at most; ``region`` None is the default bus's.
+        """
+        return self.connection.execute(_OTHERS_OF_REQUEST, {
+            'b_request_id': request_id, 'b_id': incident_id,
+            'b_region': region}).all()
+
+    def merge_into_incident(self, incident_id, old_count, records,
+                            message_count, updated_at):
+        """Set the records and count of an incident, unless it changed.
+
+        A compare-and-swap on the message count: False when a listener
+        changed the incident meanwhile.
+        """
+        return self.connection.execute(_MERGE_INTO, {
+            'b_id': incident_id, 'b_old_count': old_count,
+            'b_records': records, 'b_message_count': message_count,
+            'b_updated_at': updated_at}).rowcount == 1
+
+    def finish_incident(self, incident_id, state, note, updated_at):
+        """Take an open incident to ``state``; False if it is not open."""
+        return self.connection.execute(_FINISH_INCIDENT, {
+            'b_id': incident_id, 'b_state': state, 'b_note': note,
+            'b_updated_at': updated_at}).rowcount == 1
+
+    def next_due_times(self):
+        """When the first open incident and collecting digest are due.
+
+        A pair; None for either when there is none.
+        """
+        return (self.connection.execute(_NEXT_INCIDENT).scalar(),
+                self.connection.execute(_NEXT_DIGEST).scalar())
+
+    # -- digests (storm control) -------------------------------------------
+
+    def singles_sent_since(self, receiver, since):
+        """Single alerts written for ``receiver`` since ``since``."""
+        return self.connection.execute(_SINGLES_SENT, {
+            'b_receiver': receiver, 'b_since': since}).scalar()
+
+    def collecting_digest(self, receiver):
+        """(id, count) of the receiver's collecting digest, or None."""
+        return self.connection.execute(_COLLECTING_DIGEST, {
+            'b_receiver': receiver}).first()
+
+    def open_digest(self, digest_id, receiver, rule, members, opened_at,
+                    due_at):
+        """A collecting digest with its first member (``members``: JSON)."""
+        self.connection.execute(_OPEN_DIGEST, {
+            'id': digest_id, 'receiver': receiver, 'rule': rule,
+            'state': 'collecting', 'members': members, 'count': 1,
+            'opened_at': opened_at, 'due_at': due_at})
+
+    def digest_members(self, digest_id):
+        """The members of a digest, as JSON text."""
+        return self.connection.execute(_DIGEST_MEMBERS, {
+            'b_id': digest_id}).scalar()
+
+    def count_in_digest(self, digest_id):
+        """One more incident in the digest, not listed."""
+        self.connection.execute(_COUNT_IN_DIGEST, {'b_id': digest_id})
+
+    def add_to_digest(self, digest_id, members):
+        """One more incident in the digest, and its members (JSON) now."""
+        self.connection.execute(_ADD_TO_DIGEST, {'b_id': digest_id,
+                                                 'b_members': members})
+
+    def due_digests(self, now):
+        """The collecting digests due by ``now``."""
+        return self.connection.execute(_DUE_DIGESTS, {'b_now': now}).all()
+
+    def close_digest(self, digest_id):
+        self.connection.execute(_CLOSE_DIGEST, {'b_id': digest_id})
+
+    # -- deliveries ----------------------------------------------------------
+
+    @staticmethod
+    def _delivery(incident_id, receiver, rule, kind, alert, now):
+        return {'incident_id': incident_id, 'receiver': receiver,
+                'rule': rule, 'kind': kind, 'alert': alert,
+                'state': 'pending', 'attempts': 0, 'created_at': now,
+                'next_attempt_at': now}
+
+    def insert_delivery(self, incident_id, receiver, rule, kind, alert, now):
+        """A pending delivery, due ``now`` (``alert``: JSON).
+
+        A second one for the same (incident, receiver) fails the
+        transaction (see :meth:`insert_delivery_once`).
+        """
+        self.connection.execute(_INSERT_DELIVERY, self._delivery(
+            incident_id, receiver, rule, kind, alert, now))
+
+    def insert_delivery_once(self, incident_id, receiver, rule, kind, alert,
+                             now):
+        """:meth:`insert_delivery`, unless the receiver has it already.
+
+        In a savepoint: returns False, the transaction going on, when the
+        (incident, receiver) delivery exists. (oslo.db's exception filters
+        raise DBDuplicateEntry for the unique key, on SQLite too.)
+        """
+        try:
+            with self.connection.begin_nested():
+                self.insert_delivery(incident_id, receiver, rule, kind,
+                                     alert, now)
+        except (sa_exc.IntegrityError, db_exc.DBDuplicateEntry):
+            return False
+        return True
+
+    def delivery_exists(self, incident_id, receiver):
+        return self.connection.execute(_DELIVERY_OF, {
+            'b_incident_id': incident_id,
+            'b_receiver': receiver}).first() is not None
+
+    def claim_delivery(self, now, until):
+        """Claim the next pending delivery due by ``now`` until ``until``.
+
+        Returns its row as it was before the claim, or None when there is
+        none or another worker claimed it first.
+        """
+        row = self.connection.execute(_NEXT_PENDING, {'b_now': now}).first()
+        if row is None:
+            return None
+        claimed = self.connection.execute(_CLAIM, {
+            'b_id': row.id, 'b_owner': self.store.owner,
+            'b_until': until}).rowcount
+        return row if claimed == 1 else None
+
+    def update_claimed_delivery(self, delivery_id, **values):
+        """Record an outcome on a delivery this store's owner claimed.
+
+        ``values`` are the columns to set.
+
+        A compare-and-swap on the claim: a worker whose lease ran out (and
+        whose delivery another worker or replica took over) changes
+        nothing, and gets False.
+        """
+        return self.connection.execute(_dl.update().where(
+            _dl.c.id == delivery_id, _dl.c.state == 'in_flight',
+            _dl.c.claimed_by == self.store.owner).values(
+                **values)).rowcount == 1
+
+    def hand_back_claims(self, now, all_owners=False):
+        """Hand in-flight deliveries back to pending, due ``now``.
+
+        Those whose claim ran out, or all of them; returns how many.
+        """
+        return self.connection.execute(
+            _HAND_BACK_ALL if all_owners else _HAND_BACK_EXPIRED,
+            {'b_now': now}).rowcount
+
+    def add_dead_letter(self, delivery_id, incident_id, receiver, reason,
+                        created_at):
+        self.connection.execute(_ADD_DEAD_LETTER, {
+            'delivery_id': delivery_id, 'incident_id': incident_id,
+            'receiver': receiver, 'reason': reason,
+            'created_at': created_at})
 
 
 def dumps(value):

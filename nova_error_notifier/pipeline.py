@@ -13,9 +13,10 @@
 
 :class:`Pipeline` takes each :class:`ErrorRecord` an endpoint produced,
 asks the rules which receivers it reaches, builds one :class:`Alert` per
-receiver and hands it to the receiver's driver. A failing driver affects
-only its own receiver. Every outcome is returned, so that the replay
-command can show what happened.
+receiver and hands it to the receiver's driver (through
+:func:`nova_error_notifier.delivery.send`, as the delivery workers do). A
+failing driver affects only its own receiver. Every outcome is returned, so
+that the replay command can show what happened.
 """
 
 import collections
@@ -23,12 +24,13 @@ import collections
 from oslo_log import log
 
 from nova_error_notifier import alert as alert_mod
-from nova_error_notifier.drivers import base
+from nova_error_notifier import delivery
 from nova_error_notifier import logsafe
 
 LOG = log.getLogger(__name__)
 
-Delivery = collections.namedtuple('Delivery', 'route alert error')
+#: One alert handed to one receiver; ``outcome`` is a delivery.Outcome.
+Delivery = collections.namedtuple('Delivery', 'route alert outcome')
 Outcome = collections.namedtuple('Outcome', 'record match deliveries')
 
 
@@ -71,19 +73,11 @@ class Pipeline:
 
     @staticmethod
     def _deliver(receiver, alert):
-        try:
-            receiver.driver.notify(alert)
-        except base.DriverError as exc:
+        outcome = delivery.send(receiver, alert)
+        if not outcome.sent:
             LOG.error('Receiver %s (driver %s) could not deliver alert %s '
                       '(request_id=%s, retryable=%s): %s',
                       receiver.name, receiver.driver_name, alert.id,
-                      logsafe.escape(alert.request_id), exc.retryable,
-                      logsafe.escape(exc))
-            return exc
-        except Exception as exc:
-            LOG.exception('Receiver %s (driver %s) failed on alert %s '
-                          '(request_id=%s)', receiver.name,
-                          receiver.driver_name, alert.id,
-                          logsafe.escape(alert.request_id))
-            return exc
-        return None
+                      logsafe.escape(alert.request_id), outcome.retryable,
+                      outcome.error)
+        return outcome

@@ -20,7 +20,9 @@
 The driver is looked up by name in the entry point namespace
 ``nova_error_notifier.drivers`` (stevedore); its options are registered in
 the receiver's own group. A missing or broken driver stops start-up with the
-receiver's and the driver's name in the message.
+receiver's and the driver's name in the message. A driver that sends to the
+staff users (:meth:`~nova_error_notifier.drivers.base.Driver.wants_staff`)
+is given a :class:`~nova_error_notifier.staff.StaffDirectory`.
 """
 
 from oslo_config import cfg
@@ -29,6 +31,7 @@ import stevedore
 
 from nova_error_notifier.drivers import base
 from nova_error_notifier import rules
+from nova_error_notifier import staff as staff_mod
 
 LOG = log.getLogger(__name__)
 
@@ -169,6 +172,10 @@ def load(conf, names, implicit=False):
             continue
         try:
             driver = driver_class(conf, name)
+            if driver.wants_staff():
+                # Drivers do not look staff up themselves: they are given
+                # the directory (one per receiver, with its own cache).
+                driver.staff = staff_mod.StaffDirectory(conf)
             driver.check()
         except ValueError as exc:
             # DriverConfigError, or oslo.config's value errors.

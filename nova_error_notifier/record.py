@@ -102,6 +102,9 @@ class ErrorRecord:
     location: typing.Optional[str] = None
     #: Traceback or other details (bounded).
     details: typing.Optional[str] = None
+    #: Region of the bus the notification came from (``[bus:NAME]
+    #: region_name``), None for the default bus without a region.
+    region: typing.Optional[str] = None
 
     @property
     def events(self):
@@ -128,6 +131,40 @@ class Resolution:
     request_id: typing.Optional[str] = None
     message_id: typing.Optional[str] = None
     timestamp: typing.Optional[datetime.datetime] = None
+    #: Region of the bus it came from, as for :class:`ErrorRecord`.
+    region: typing.Optional[str] = None
+
+
+#: Start of every key :func:`scoped` puts in a region.
+REGION_SCOPE = 'region:'
+
+
+def scoped(region, text):
+    """``text`` made distinct per region: a key of one bus's messages.
+
+    Without a region ``text`` stays as it is (the keys the service made
+    before there were several buses), unless it starts with
+    :data:`REGION_SCOPE`; otherwise the region, length first, comes
+    before it. No two (region, text) pairs give one key, whatever the
+    texts (Nova's values) hold: a key of a region starts with the prefix,
+    a key without one does not, and the length says where the region
+    ends.
+    """
+    if not region and not text.startswith(REGION_SCOPE):
+        return text
+    region = region or ''
+    return '%s%d:%s|%s' % (REGION_SCOPE, len(region), region, text)
+
+
+def with_region(item, region):
+    """The record or resolution ``item`` coming from ``region``.
+
+    ``item`` itself without a region, or when it is of another kind.
+    """
+    if not region or not isinstance(item, (ErrorRecord, Resolution)) or \
+            item.region == region:
+        return item
+    return dataclasses.replace(item, region=region)
 
 
 def to_dict(value):

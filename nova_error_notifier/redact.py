@@ -20,6 +20,7 @@ URL or such a message passes it through :func:`url` or :func:`text` first.
 
 import logging
 import re
+import sys
 from urllib import parse
 
 MASK = '***'
@@ -119,11 +120,34 @@ SECRET_OPTIONS = (
     ('service_credentials', 'password'),
 )
 
+#: Options of the operator's own sections, by prefix of the section:
+#: every ``[bus:NAME]`` transport URL.
+SECRET_SECTION_OPTIONS = (
+    ('bus:', 'transport_url'),
+)
+
+
+def _secret_options(conf):
+    """(group, name) of every secret option, the sections' included."""
+    found = list(SECRET_OPTIONS)
+    try:
+        sections = conf.list_all_sections()
+    except Exception:       # not parsed yet
+        sections = ()
+    for prefix, name in SECRET_SECTION_OPTIONS:
+        found.extend((section, name) for section in sorted(sections)
+                     if section.startswith(prefix))
+    return found
+
 
 def conf_secrets(conf):
-    """The secrets of the service's own options (see SECRET_OPTIONS)."""
+    """The secrets of the service's own options (see SECRET_OPTIONS).
+
+    With those of the sections of :data:`SECRET_SECTION_OPTIONS` whose
+    options are registered.
+    """
     found = []
-    for group, name in SECRET_OPTIONS:
+    for group, name in _secret_options(conf):
         try:
             value = conf[group][name] if group else conf[name]
         except Exception:       # not registered in this command
@@ -157,7 +181,49 @@ class LogFilter(logging.Filter):
         cleaned = text(message, self.secrets)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        # A traceback (LOG.exception) ends with the exception's message, and
+        # oslo.log appends the summary of the exception being handled to
+        # any WARNING or worse line logged in an except block: either may
+        # repeat a URL or a password. The exception is replaced by a copy
+        # with its message masked (and without its chain).
+        exc_info = record.exc_info
+        if not exc_info and record.levelno >= logging.WARNING:
+            active = sys.exc_info()
+            if active[0] is not None:
+                masked = _masked_exception(active[1], self.secrets)
+                if masked is not None:
+                    record.exc_info = (type(masked), masked, None)
+        elif exc_info and exc_info[0] is not None:
+            masked = _masked_exception(exc_info[1], self.secrets)
+            if masked is not None:
+                record.exc_info = (type(masked), masked, exc_info[2])
+                record.exc_text = None
         return True
+
+
+def _masked_exception(exc, secrets):
+    """A stand-in for ``exc`` with its message masked, or None if clean."""
+    try:
+        message = str(exc)
+    except Exception:
+        return None
+    chained = exc.__cause__ or exc.__context__
+    cleaned = text(message, secrets)
+    if cleaned == message and chained is None:
+        return None
+    if cleaned == message and chained is not None:
+        try:
+            if text(str(chained), secrets) == str(chained):
+                return None
+        except Exception:
+            pass
+    kind = type(exc)
+    stand_in = type(kind.__name__, (Exception,), {
+        '__module__': kind.__module__, '__qualname__': kind.__qualname__})
+    return stand_in(cleaned)
+
+
+_FORMATTER = logging.Formatter()
 
 
 def protect_logs(conf):
@@ -168,3 +234,19 @@ def protect_logs(conf):
             handler.removeFilter(old)
         handler.addFilter(scrubber)
     return scrubber
+
+
+def refresh(conf):
+    """Add the secrets of options registered since :func:`protect_logs`.
+
+    The ``[bus:NAME]`` groups are registered once the configuration is
+    read; the filters already installed learn their URLs' secrets. Installs
+    nothing where :func:`protect_logs` was not called.
+    """
+    secrets = conf_secrets(conf)
+    for handler in logging.getLogger().handlers:
+        for scrubber in handler.filters:
+            if isinstance(scrubber, LogFilter):
+                scrubber.secrets = sorted(
+                    set(scrubber.secrets) | set(secrets), key=len,
+                    reverse=True)

@@ -45,6 +45,7 @@ import re
 
 from oslo_config import cfg
 
+from nova_error_notifier.drivers import base as driver_base
 from nova_error_notifier import record as rec
 
 RULE_GROUP_PREFIX = 'rule:'
@@ -310,25 +311,10 @@ def _clean(values):
     return [v.strip() for v in values or () if v.strip()]
 
 
-def option_value(conf, group, name, problems):
-    """Read one option, adding a readable problem if its value is invalid.
-
-    oslo.config validates a value when it is read; the error it raises
-    names the option's location, which is noise in a problem line.
-    """
-    try:
-        return conf[group][name]
-    except (cfg.ConfigFileValueError, ValueError) as exc:
-        problems.append(value_problem(group, name, exc))
-        return None
-
-
-def value_problem(group, name, exc):
-    """A problem line for an invalid option value, without its location."""
-    detail = str(exc)
-    if 'is not valid: ' in detail:
-        detail = detail.split('is not valid: ', 1)[1]
-    return '[%s] %s: invalid value: %s' % (group, name, detail)
+#: Read one option, adding a readable problem if its value is invalid (one
+#: implementation, in the driver contract that drivers use too).
+option_value = driver_base.option_value
+value_problem = driver_base.value_problem
 
 
 def load(conf, default_receiver=None):

@@ -72,6 +72,16 @@ STAFF_OPTS = [
 
 def register_opts(conf):
     conf.register_opts(STAFF_OPTS, group=STAFF_GROUP)
+    register_credentials(conf)
+
+
+def register_credentials(conf):
+    """keystoneauth's own registration of [service_credentials].
+
+    The session options and ``auth_type``; the options of the auth plugin
+    it names are registered by keystoneauth when the plugin is loaded
+    (the sample file shows the password plugin's).
+    """
     ks_loading.register_auth_conf_options(conf, CREDENTIALS_GROUP)
     ks_loading.register_session_conf_options(conf, CREDENTIALS_GROUP)
 
@@ -96,7 +106,6 @@ class StaffDirectory:
     """The cached list of staff e-mail addresses. Thread-safe."""
 
     def __init__(self, conf, clock=time.monotonic):
-        register_opts(conf)
         self.conf = conf
         self.clock = clock
         self._lock = threading.Lock()

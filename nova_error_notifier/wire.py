@@ -59,6 +59,8 @@ def unwrap(body):
                 inner = json.loads(inner)
             except ValueError as exc:
                 raise WireError('oslo.message is not JSON: %s' % exc)
+            except RecursionError:
+                raise WireError('oslo.message is nested too deeply')
         body = inner
     if not isinstance(body, dict):
         raise WireError('a notification must be a JSON object, not %s'
@@ -131,7 +133,7 @@ def read_file(path):
         return
     try:
         documents = [(path, json.loads(content))]
-    except ValueError:
+    except (ValueError, RecursionError):
         documents = []
         for number, line in enumerate(content.splitlines(), 1):
             if not line.strip():
@@ -142,6 +144,9 @@ def read_file(path):
             except ValueError as exc:
                 documents.append((source, WireError('%s: not JSON: %s'
                                                     % (source, exc))))
+            except RecursionError:
+                documents.append((source, WireError(
+                    '%s: nested too deeply' % source)))
     for source, document in documents:
         if isinstance(document, WireError):
             yield document

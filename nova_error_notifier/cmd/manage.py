@@ -45,8 +45,8 @@ from oslo_log import log
 from nova_error_notifier import alert as alert_mod
 from nova_error_notifier import bus
 from nova_error_notifier.cmd import service as service_cmd
-from nova_error_notifier.drivers import base as driver_base
-from nova_error_notifier.endpoints import base as endpoint_base
+from nova_error_notifier import delivery
+from nova_error_notifier import listener
 from nova_error_notifier import logsafe
 from nova_error_notifier import outbox
 from nova_error_notifier import receivers as receivers_mod
@@ -313,8 +313,9 @@ def do_test_route(conf):
     endpoints = service.load_endpoints(conf, sink)
     drops = []
     sink.on_drop = drops.append
-    dispatcher = endpoint_base.GuardedDispatcher(endpoints, None,
-                                                 on_drop=drops.append)
+    dispatcher = listener.Recorder(listener.BatchEndpoint(
+        endpoints, lambda items: [sink(item) for item in items],
+        on_drop=drops.append))
     status = 0
     for path in conf.command.files:
         for item in wire.read_file(path):
@@ -328,7 +329,7 @@ def do_test_route(conf):
                 logsafe.escape(item.source),
                 logsafe.escape(item.message.get('event_type'), 120),
                 logsafe.escape(item.message.get('priority'), 20)))
-            dispatcher.dispatch(_Incoming(item.ctxt, item.message))
+            dispatcher.dispatch(item.ctxt, item.message)
             for reason in drops:
                 _out('  dropped: %s' % logsafe.escape(reason))
                 status = 1
@@ -359,22 +360,14 @@ def do_send_test(conf):
         message='This is a test alert sent by nova-error-notifier-manage '
                 'send-test. Nothing failed.')
     alert = alert_mod.for_receiver(alert, name, receiver.include_details)
-    try:
-        receiver.driver.notify(alert)
-    except driver_base.DriverError as exc:
+    outcome = delivery.send(receiver, alert)
+    if not outcome.sent:
         _out('FAILED: receiver %s (driver %s), retryable=%s: %s' % (
-            name, receiver.driver_name, exc.retryable,
-            logsafe.escape(exc)))
+            name, receiver.driver_name, outcome.retryable, outcome.error))
         return 1
     _out('Sent test alert %s through receiver %s (driver %s)' % (
         alert.id, name, receiver.driver_name))
     return 0
-
-
-class _Incoming:
-    def __init__(self, ctxt, message):
-        self.ctxt = ctxt
-        self.message = message
 
 
 def _add_parsers(subparsers):
@@ -431,7 +424,6 @@ COMMAND_OPT = cfg.SubCommandOpt('command', title='Commands',
 
 def main(argv=None):
     conf = service_cmd.build_conf()
-    outbox.register_opts(conf)
     conf.register_cli_opt(COMMAND_OPT)
     try:
         conf(sys.argv[1:] if argv is None else argv,

@@ -29,7 +29,7 @@ from oslo_config import cfg
 from oslo_log import log
 
 from nova_error_notifier.cmd import service as service_cmd
-from nova_error_notifier.endpoints import base as endpoint_base
+from nova_error_notifier import listener
 from nova_error_notifier import logsafe
 from nova_error_notifier import pipeline as pipeline_mod
 from nova_error_notifier import record as rec
@@ -51,14 +51,6 @@ CLI_OPTS = [
                          'messages, Nova doc samples or JSON lines. Default: '
                          'the samples shipped with the package.'),
 ]
-
-
-class _Incoming:
-    """What oslo.messaging's dispatcher reads from a received message."""
-
-    def __init__(self, ctxt, message):
-        self.ctxt = ctxt
-        self.message = message
 
 
 def _out(line=''):
@@ -101,8 +93,9 @@ def _describe_record(record, match):
 
 def _describe_deliveries(outcome):
     for delivery in outcome.deliveries:
-        status = ('sent' if delivery.error is None else
-                  'FAILED: %s' % logsafe.escape(delivery.error, 300))
+        attempt = delivery.outcome
+        status = ('sent' if attempt.sent else
+                  'FAILED: %s' % logsafe.escape(attempt.error, 300))
         _out('  alert %s -> receiver %s (rule %s): %s' % (
             delivery.alert.id, delivery.route.receiver, delivery.route.rule,
             status))
@@ -159,8 +152,9 @@ def main(argv=None):
 
     sink.on_drop = drops.append
     endpoints = service.load_endpoints(conf, sink)
-    dispatcher = endpoint_base.GuardedDispatcher(endpoints, None,
-                                                 on_drop=drops.append)
+    dispatcher = listener.Recorder(listener.BatchEndpoint(
+        endpoints, lambda items: [sink(item) for item in items],
+        on_drop=drops.append))
     files = conf.files or sorted(glob.glob(os.path.join(SAMPLES_DIR,
                                                         '*.json')))
     totals = {'messages': 0, 'errors': 0, 'alerts': 0, 'failed': 0,
@@ -182,7 +176,7 @@ def main(argv=None):
             del outcomes[:]
             del drops[:]
             del resolutions[:]
-            dispatcher.dispatch(_Incoming(item.ctxt, message))
+            dispatcher.dispatch(item.ctxt, message)
             for reason in drops:
                 totals['unreadable'] += 1
                 _out('  dropped: %s' % logsafe.escape(reason, 300))
@@ -191,9 +185,9 @@ def main(argv=None):
             for outcome in outcomes:
                 totals['errors'] += 1
                 totals['alerts'] += sum(1 for d in outcome.deliveries
-                                        if d.error is None)
+                                        if d.outcome.sent)
                 totals['failed'] += sum(1 for d in outcome.deliveries
-                                        if d.error is not None)
+                                        if not d.outcome.sent)
     _out('')
     _out('%(messages)d messages, %(errors)d errors recognised, %(alerts)d '
          'alerts sent, %(failed)d deliveries failed, %(unreadable)d '

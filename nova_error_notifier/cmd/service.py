@@ -17,39 +17,25 @@ import sys
 from oslo_config import cfg
 from oslo_log import log
 
-from nova_error_notifier import config
 from nova_error_notifier import logsafe
 from nova_error_notifier import opts
 from nova_error_notifier import redact
 from nova_error_notifier import service
 from nova_error_notifier import version
+from nova_error_notifier import workers
 
 LOG = log.getLogger(__name__)
 
-PROJECT = 'nova_error_notifier'
+PROJECT = service.PROJECT
 
 
 def build_conf():
     """A ConfigOpts with every option of the service registered."""
     conf = cfg.ConfigOpts()
     opts.register_opts(conf)
+    workers.register_cli_opts(conf)
     log.register_options(conf)
     return conf
-
-
-def reloader(args):
-    """A function returning checked Settings from the files as they are."""
-    def _reload():
-        conf = build_conf()
-        try:
-            conf(args, project=PROJECT, version=version.version_string())
-        except cfg.Error as exc:
-            raise config.ConfigError([str(exc)])
-        settings, problems, _ = service.check(conf, transport=False)
-        if problems:
-            raise config.ConfigError(problems)
-        return settings
-    return _reload
 
 
 def main(argv=None):
@@ -70,24 +56,21 @@ def main(argv=None):
     LOG.info('nova-error-notifier %s starting (config files: %s)',
              version.version_string(),
              ', '.join(conf.config_file) or 'none')
+    try:
+        workers.roles_of(conf)
+    except service.StartupError as exc:
+        LOG.error('Configuration error: %s', exc)
+        LOG.error('nova-error-notifier did not start')
+        return 2
     settings = service.load_checked(conf)
     if settings is None:
         LOG.error('nova-error-notifier did not start: fix the configuration '
                   'errors above')
         return 2
-    try:
-        svc = service.Service(conf, settings, reloader=reloader(args))
-        error = None
-    except service.StartupError as exc:
-        svc, error = None, exc
-    if error is not None:
-        LOG.error('Configuration error: %s', error)
-        LOG.error('nova-error-notifier did not start')
-        return 2
     # After the transport registered its options. Options declared
     # secret=True (passwords, the transport URL) are masked.
     conf.log_opt_values(LOG, logging.DEBUG)
-    return svc.run()
+    return workers.run(conf, settings, args, build_conf)
 
 
 if __name__ == '__main__':

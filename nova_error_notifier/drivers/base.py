@@ -50,7 +50,14 @@ Rules of the contract:
   raises :class:`DriverError`, saying whether a retry could help. The
   service owns retries.
 * A driver never modifies the alert it is given and never logs secrets
-  (options declared with ``secret=True``).
+  (options declared with ``secret=True``; :meth:`Driver.secrets` lists
+  their values, which the service masks in the outcome of an attempt).
+* A driver imports from nova-error-notifier only this module,
+  :mod:`nova_error_notifier.alert` and :mod:`nova_error_notifier.formatting`
+  (summaries, escaping, timestamps, the sandboxed template environment).
+  What it needs from the rest of the service is given to it: a driver
+  whose :meth:`Driver.wants_staff` is true gets the staff directory as
+  :attr:`Driver.staff` before :meth:`Driver.check`.
 """
 
 import abc
@@ -68,6 +75,39 @@ COMMON_OPTS = [
 
 def register_opts(conf):
     conf.register_opts(COMMON_OPTS)
+
+
+def option_value(conf, group, name, problems):
+    """Read one option, adding a readable problem if its value is invalid.
+
+    For an invalid value a problem line goes to ``problems`` and None is
+    returned. oslo.config validates a value when it is read; the error it
+    raises names the option's location, which is noise in a problem line.
+    """
+    try:
+        return conf[group][name]
+    except (cfg.ConfigFileValueError, ValueError) as exc:
+        problems.append(value_problem(group, name, exc))
+        return None
+
+
+def value_problem(group, name, exc):
+    """A problem line for an invalid option value, without its location."""
+    detail = str(exc)
+    if 'is not valid: ' in detail:
+        detail = detail.split('is not valid: ', 1)[1]
+    return '[%s] %s: invalid value: %s' % (group, name, detail)
+
+
+def _strings(value):
+    """The strings of an option value (a string, a list or a dict)."""
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, dict):
+        return [v for v in value.values() if isinstance(v, str) and v]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, str) and v]
+    return []
 
 
 class DriverError(Exception):
@@ -96,8 +136,13 @@ class Driver(metaclass=abc.ABCMeta):
     #: Options of the driver, registered in the ``[receiver:NAME]`` group.
     OPTS = []
 
+    #: The staff directory, set by the service before :meth:`check` when
+    #: :meth:`wants_staff` is true, else None. ``emails()`` returns the
+    #: staff users' addresses (None while they were never known),
+    #: ``check()`` a list of configuration problems.
+    staff = None
+
     def __init__(self, conf, receiver):
-        register_opts(conf)
         self.conf = conf
         self.receiver = receiver
         self.group = 'receiver:' + receiver
@@ -113,6 +158,29 @@ class Driver(metaclass=abc.ABCMeta):
 
     def check(self):
         """Validate the receiver's options; raise DriverConfigError."""
+
+    def wants_staff(self):
+        """True if the receiver's alerts go to the staff users too.
+
+        The service then gives the driver the staff directory
+        (:attr:`staff`) before calling :meth:`check`.
+        """
+        return False
+
+    def secrets(self):
+        """Values that must never be shown, longest first.
+
+        By default the values of the receiver's options declared
+        ``secret=True``; a driver with secrets elsewhere adds them.
+        """
+        found = set()
+        for opt in self.list_opts():
+            if getattr(opt, 'secret', False):
+                try:
+                    found.update(_strings(self.options[opt.dest]))
+                except Exception:   # unregistered or invalid: not shown
+                    continue
+        return sorted(found, key=len, reverse=True)
 
     @abc.abstractmethod
     def notify(self, alert):

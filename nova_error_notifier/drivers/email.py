@@ -25,29 +25,32 @@
 
 Recipients are the receiver's ``to`` addresses and, with ``staff_users``,
 the e-mail addresses of the staff users found in Keystone (see
-:mod:`nova_error_notifier.staff`); each address gets the alert once. Staff
-addresses go in the envelope only, so they are not disclosed to each other.
+:mod:`nova_error_notifier.staff`: the service gives the driver the
+directory, see :meth:`EmailDriver.wants_staff`); each address gets the alert
+once. Staff addresses go in the envelope only, so they are not disclosed to
+each other.
 
 The mail is ``multipart/alternative`` with a text and an HTML part, from
 Jinja2 templates (``subject.txt``, ``body.txt``, ``body.html``) shipped in
 ``nova_error_notifier/templates/email`` and overridable from ``[email]
-templates_dir``. Templates run in Jinja2's sandbox; the HTML part is
-autoescaped.
+templates_dir``. Templates run in the sandboxed environment of
+:mod:`nova_error_notifier.formatting`; the HTML part is autoescaped.
 
 Every value in a mail may come from a tenant (an instance is named by its
 owner), so, whatever the Python running the service:
 
-* a header value built from data goes through :func:`clean_header`: every
-  control, format, line or paragraph separator character and lone surrogate
-  is removed, white space collapsed, RFC 2047 encoded-word syntax broken up
-  (the standard library decodes encoded words while it folds a header, and
-  interpreters without the fix write a decoded CR LF raw), the length
-  bounded;
+* a header value built from data goes through
+  :func:`formatting.clean_header`: every control, format, line or paragraph
+  separator character and lone surrogate is removed, white space
+  collapsed, RFC 2047 encoded-word syntax broken up (the standard library
+  decodes encoded words while it folds a header, and interpreters without
+  the fix write a decoded CR LF raw), the length bounded;
 * in the text part every value is escaped (:func:`logsafe.escape`) and every
   line of a multi-line value (tracebacks, details) starts with the fixed
-  prefix :data:`BLOCK_PREFIX`, so that no line of the body begins with a
-  value; in the HTML part multi-line values keep their line breaks as
-  ``&#10;``, so that no physical line of the source begins with a value;
+  prefix :data:`formatting.BLOCK_PREFIX`, so that no line of the body
+  begins with a value; in the HTML part multi-line values keep their line
+  breaks as ``&#10;``, so that no physical line of the source begins with
+  a value;
 * the parts are sent 7bit or 8bit when every line fits in 998 bytes, else
   base64, never quoted-printable (whose soft line breaks would let the
   length of a value decide what starts a physical line);
@@ -61,7 +64,6 @@ SMTP credentials never travel in clear: ``smtp_username`` with
 allow_plaintext_auth`` is set for a trusted relay.
 """
 
-import dataclasses
 import email.message
 import email.policy
 import email.utils
@@ -72,18 +74,13 @@ import socket
 import ssl
 
 import jinja2
-from jinja2 import sandbox
-import markupsafe
 from oslo_config import cfg
 from oslo_log import log
 
 from nova_error_notifier import alert as alert_mod
 from nova_error_notifier.drivers import base
+from nova_error_notifier import formatting
 from nova_error_notifier import logsafe
-from nova_error_notifier import record as rec
-from nova_error_notifier import rules
-from nova_error_notifier import staff as staff_mod
-from nova_error_notifier import version
 
 LOG = log.getLogger(__name__)
 
@@ -91,7 +88,6 @@ GROUP = 'email'
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'templates', 'email')
 DEFAULT_PORTS = {'none': 25, 'starttls': 587, 'ssl': 465}
-MAX_SUBJECT = 200
 # Headers on one line (RFC 5322 allows 998 characters): the standard
 # library's folding at 78 puts a leading space into some subjects.
 POLICY = email.policy.SMTP.clone(max_line_length=998)
@@ -141,13 +137,6 @@ EMAIL_OPTS = [
 ]
 
 _ADDRESS_RE = re.compile(r'\A[^\s@<>()",;:\\\[\]]+@[^\s@<>()",;:\\\[\]]+\Z')
-# What never reaches a header: controls, format characters (zero-width,
-# bidirectional), line and paragraph separators (logsafe's class) and lone
-# surrogates, which cannot be encoded.
-_HEADER_UNSAFE_RE = re.compile(logsafe.char_class(
-    logsafe.UNSAFE_RANGES + ((0xd800, 0xdfff),)) + '+')
-#: Start of every line of a multi-line value in the text part.
-BLOCK_PREFIX = '  | '
 #: The headers of every mail, each exactly once, and those of its parts.
 HEADERS = ('Subject', 'From', 'To', 'Date', 'Message-ID',
            'X-Nova-Error-Notifier-Alert-Id', 'Auto-Submitted',
@@ -167,24 +156,6 @@ def valid_address(value):
             bool(_ADDRESS_RE.match(value)))
 
 
-def clean_header(value, limit=MAX_SUBJECT):
-    """One line of plain text, safe in a header, whatever Python folds it.
-
-    Controls, format characters, line and paragraph separators and lone
-    surrogates become spaces; "=?" and "?=" are split by a space, so that
-    no RFC 2047 encoded word can be recognised (and decoded into a line
-    break by the standard library); white space is collapsed and the
-    result cut to ``limit`` characters.
-    """
-    value = '' if value is None else str(value)
-    value = _HEADER_UNSAFE_RE.sub(' ', value)
-    value = value.replace('=?', '= ?').replace('?=', '? =')
-    value = ' '.join(value.split())
-    if len(value) > limit:
-        value = value[:limit - 1].rstrip() + '\u2026'
-    return value
-
-
 def fallback_subject(alert):
     """The plain ASCII subject of a mail that did not read back as built."""
     ident = re.sub('[^0-9A-Za-z-]', '', str(alert.id or ''))[:64]
@@ -192,203 +163,47 @@ def fallback_subject(alert):
         'digest' if alert.is_digest else 'alert', ident or 'unknown')
 
 
-def _short(uuid):
-    return (uuid[:8] + '\u2026') if uuid and len(uuid) > 8 else uuid
-
-
-def _action(event_type):
-    """``resize`` of ``compute.instance.resize.error`` and the like."""
-    if event_type == 'compute.exception':
-        return 'request'          # the failed method is not named
-    name = event_type
-    for prefix in ('compute.instance.', 'instance.', 'compute_task.',
-                   'compute.'):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
-    if name.endswith('.error'):
-        name = name[:-len('.error')]
-    return name.replace('_', ' ') or event_type
-
-
-#: Longest instance name in a summary: the subject keeps room for the
-#: instance's short uuid and what failed.
-MAX_SUMMARY_NAME = 64
-
-
-def _bounded(name):
-    if len(name) > MAX_SUMMARY_NAME:
-        return name[:MAX_SUMMARY_NAME - 1] + '\u2026'
-    return name
-
-
-def summary(alert):
-    """``build of web-01 (b5e2c3f4…) failed`` and the like."""
-    if alert.instance_uuid:
-        target = ('%s (%s)' % (_bounded(alert.instance_name), _short(
-            alert.instance_uuid)) if alert.instance_name
-            else 'instance %s' % _short(alert.instance_uuid))
-    else:
-        target = None
-    events = alert.events
-    if rec.CREATE_FAILED in events:
-        return 'build of %s failed' % (target or 'an instance')
-    if target and alert.event_types == ('instance.update',) or \
-            alert.event_types == ('compute.instance.update',):
-        return '%s entered ERROR' % (target or 'an instance')
-    action = _action(alert.event_types[0]) if alert.event_types else 'error'
-    if target:
-        return '%s of %s failed' % (action, target)
-    return '%s failed on %s' % (action, alert.host or 'an unknown host')
-
-
-def _apply(value, transform):
-    if isinstance(value, str):
-        return transform(value)
-    if isinstance(value, tuple):
-        return tuple(_apply(v, transform) for v in value)
-    return value
-
-
-def _lines(value):
-    """The lines of a multi-line value, without trailing empty ones.
-
-    Every line break Python knows splits (CR, LF, VT, FF, NEL, U+2028...):
-    whatever a reader takes for a line break starts a new, prefixed line.
-    """
-    lines = str(value).splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return lines
-
-
-def text_block(value):
-    """A multi-line value for the text part: escaped, every line prefixed."""
-    return '\n'.join(BLOCK_PREFIX + logsafe.escape(line)
-                     for line in _lines(value))
-
-
-def html_block(value):
-    """A multi-line value for the HTML part, as markup on one source line.
-
-    The line breaks are written ``&#10;`` (a line break in ``<pre>``), so
-    that no physical line of the HTML source begins with the value.
-    """
-    return markupsafe.Markup('&#10;').join(
-        markupsafe.escape(logsafe.escape(line)) for line in _lines(value))
-
-
-# Multi-line values of the enrichment: (parent key, key).
-_ENRICHMENT_BLOCKS = frozenset([('fault', 'details'),
-                                ('events', 'traceback')])
-
-
-def _copy_data(value, transform, block, path=()):
-    """Nested enrichment data with every string made safe."""
-    if isinstance(value, dict):
-        return {(transform(k) if isinstance(k, str) else k):
-                _copy_data(v, transform, block, path + (k,))
-                for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_copy_data(v, transform, block, path) for v in value]
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    if tuple(path[-2:]) in _ENRICHMENT_BLOCKS:
-        return block(str(value))
-    return transform(str(value))
-
-
-def display_copy(alert, transform=logsafe.escape, block=text_block):
-    """The alert with every text field made safe to show.
-
-    ``transform`` is applied to every single-line text field, ``block`` to
-    the multi-line ones (the details, the enrichment's fault details and
-    event tracebacks); the enrichment's strings go through them too. By
-    default values are escaped and the lines of multi-line values prefixed
-    with :data:`BLOCK_PREFIX`, for the text part.
-    """
-    changes = {}
-    for field in dataclasses.fields(alert):
-        value = getattr(alert, field.name)
-        if field.name == 'members':
-            continue
-        if field.name == 'details':
-            if value:
-                changes['details'] = block(value)
-        elif field.name == 'enrichment':
-            if value is not None:
-                changes['enrichment'] = _copy_data(value, transform, block)
-        elif isinstance(value, (str, tuple)):
-            changes[field.name] = _apply(value, transform)
-    return dataclasses.replace(alert, **changes)
-
-
-def _upper_first(value):
-    value = str(value)
-    return value[:1].upper() + value[1:]
-
-
-def _iso(stamp):
-    return stamp.strftime('%Y-%m-%d %H:%M:%S UTC') if stamp else '-'
-
-
 class Templates:
-    """The sandboxed Jinja2 environments of the mails."""
+    """The mail's templates, in sandboxed environments (text and HTML).
+
+    :param templates_dir: a directory whose templates replace the shipped
+        ones (a template missing there is taken from the package).
+    """
 
     def __init__(self, templates_dir=None):
-        loaders = []
-        if templates_dir:
-            loaders.append(jinja2.FileSystemLoader(templates_dir))
-        loaders.append(jinja2.FileSystemLoader(TEMPLATES))
-        loader = jinja2.ChoiceLoader(loaders)
-        self.text = sandbox.SandboxedEnvironment(
-            loader=loader, autoescape=False, undefined=jinja2.StrictUndefined,
-            keep_trailing_newline=True)
-        self.html = sandbox.SandboxedEnvironment(
-            loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
-        for env in (self.text, self.html):
-            env.filters['upper_first'] = _upper_first
+        directories = [templates_dir] if templates_dir else []
+        directories.append(TEMPLATES)
+        self.text = formatting.Environment(formatting.TEXT, directories)
+        self.html = formatting.Environment(formatting.HTML, directories)
 
     @staticmethod
-    def _context(alert, region):
-        return {
-            'alert': alert,
-            'region': clean_header(region or '', 64),
-            'summary': alert.summary if alert.is_digest else summary(alert),
-            'first_seen': _iso(alert.first_seen),
-            'last_seen': _iso(alert.last_seen),
-            'next_steps': next_steps(alert),
-            'version': version.version_string(),
-        }
-
-    def _body_context(self, alert, region, subject, block):
-        context = self._context(display_copy(alert, logsafe.escape, block),
-                                region)
+    def _body_context(alert, region, subject, block):
+        context = formatting.template_context(formatting.display_copy(
+            alert, logsafe.escape, block), region)
         context['subject'] = subject
         if alert.is_digest:
-            context['members'] = [display_copy(m, logsafe.escape, block)
-                                  for m in alert.members]
+            context['members'] = [formatting.display_copy(
+                m, logsafe.escape, block) for m in alert.members]
             context['unlisted'] = alert.digest_count - len(alert.members)
         return context
 
     def render(self, alert, region):
         """(subject, text body, HTML body) of the alert's mail."""
         prefix = 'digest_' if alert.is_digest else ''
+        clean = formatting.clean_header
         # The subject is one header line: every value is cleaned, and the
         # whole line again (a template may put values side by side).
-        subject = clean_header(self.text.get_template(
-            prefix + 'subject.txt').render(self._context(
-                display_copy(alert, clean_header, clean_header), region)))
+        subject = clean(self.text.get_template(
+            prefix + 'subject.txt').render(formatting.template_context(
+                formatting.display_copy(alert, clean, clean), region)))
         text = self.text.get_template(prefix + 'body.txt').render(
-            self._body_context(alert, region, subject, text_block))
+            self._body_context(alert, region, subject,
+                               formatting.text_block))
         html = self.html.get_template(prefix + 'body.html').render(
-            self._body_context(alert, region, subject, html_block))
-        return subject, _encodable(text), _encodable(html)
-
-
-def _encodable(text):
-    """``text`` with anything UTF-8 cannot encode (lone surrogates) as '?'."""
-    return text.encode('utf-8', 'replace').decode('utf-8')
+            self._body_context(alert, region, subject,
+                               formatting.html_block))
+        return (subject, formatting.encodable(text),
+                formatting.encodable(html))
 
 
 def transfer_encoding(text):
@@ -421,7 +236,7 @@ def _header_problems(message, expected, where, optional=()):
         if '\r' in str(value) or '\n' in str(value):
             problems.append('%s header %s holds a line break' % (where,
                                                                  name))
-        elif _HEADER_UNSAFE_RE.search(str(value)):
+        elif not formatting.header_safe(value):
             problems.append('%s header %s holds a control or format '
                             'character' % (where, name))
     return problems
@@ -465,23 +280,6 @@ def check_message(raw, subject, text, html):
             type(exc).__name__, exc)]
 
 
-def next_steps(alert):
-    steps = []
-    if alert.instance_uuid:
-        if alert.request_id:
-            steps.append('openstack server event show %s %s'
-                         % (alert.instance_uuid, alert.request_id))
-        steps.append('openstack server show %s -c status -c fault'
-                     % alert.instance_uuid)
-        steps.append('openstack server event list %s' % alert.instance_uuid)
-    elif alert.request_id:
-        steps.append('grep %s in the logs of the nova services on %s'
-                     % (alert.request_id, alert.host or 'the controllers'))
-    if alert.host:
-        steps.append('openstack compute service list --host %s' % alert.host)
-    return steps
-
-
 class EmailDriver(base.Driver):
     """Sends each alert as an e-mail over SMTP."""
 
@@ -498,19 +296,26 @@ class EmailDriver(base.Driver):
 
     def __init__(self, conf, receiver):
         super().__init__(conf, receiver)
-        register_opts(conf)
-        self.staff = (staff_mod.StaffDirectory(conf)
-                      if self.options.staff_users else None)
         self.templates = None
 
     @classmethod
     def list_opts(cls):
         return list(cls.OPTS)
 
+    def wants_staff(self):
+        return bool(self.options.staff_users)
+
+    def secrets(self):
+        secrets = super().secrets()
+        password = self.conf[GROUP].smtp_password
+        if password:
+            secrets.append(password)
+        return sorted(set(secrets), key=len, reverse=True)
+
     def check(self):
         problems = []
-        values = {opt.dest: rules.option_value(self.conf, GROUP, opt.dest,
-                                               problems)
+        values = {opt.dest: base.option_value(self.conf, GROUP, opt.dest,
+                                              problems)
                   for opt in EMAIL_OPTS}
         if problems:
             raise base.DriverConfigError('; '.join(problems))
@@ -527,7 +332,8 @@ class EmailDriver(base.Driver):
         from_address = values['from_address']
         if not from_address:
             problems.append('[email] from_address is not set')
-        elif clean_header(from_address, 320) != from_address.strip():
+        elif formatting.clean_header(from_address, 320) != \
+                from_address.strip():
             problems.append('[email] from_address %r holds control '
                             'characters or RFC 2047 encoded words: write the '
                             'name as plain text' % from_address)
@@ -543,8 +349,12 @@ class EmailDriver(base.Driver):
             path = values[key]
             if path and not os.path.exists(path):
                 problems.append('[email] %s %s does not exist' % (key, path))
-        if self.staff is not None:
-            problems.extend(self.staff.check())
+        if self.options.staff_users:
+            if self.staff is None:
+                problems.append('staff_users = true, but the service gave '
+                                'the driver no staff directory')
+            else:
+                problems.extend(self.staff.check())
         if not problems:
             try:
                 self.templates = Templates(values['templates_dir'])
@@ -607,8 +417,8 @@ class EmailDriver(base.Driver):
         options = self.conf[GROUP]
         if self.templates is None:
             self.templates = Templates(options.templates_dir)
-        subject, text, html = self.templates.render(alert,
-                                                    self.conf.region_name)
+        subject, text, html = self.templates.render(
+            alert, formatting.alert_region(alert, self.conf.region_name))
         msg = self._message(alert, header_to, subject, text, html)
         problems = check_message(msg.as_bytes(), subject, text, html)
         if not problems:

@@ -19,6 +19,9 @@ quoted, so that a hostile instance name cannot forge a line::
 events=compute_task.build_instances,notifier.instance.create_failed \
 instance=b5e2... name=web-42 state=error project=9a8b... host=ctl-01 \
 request_id=req-8e4f... exception=NoValidHost message="No valid host..."
+
+An alert from a bus with a region (``[bus:NAME] region_name``) says so with
+``region=...`` after its id.
 """
 
 import logging
@@ -27,6 +30,7 @@ from oslo_config import cfg
 from oslo_log import log
 
 from nova_error_notifier.drivers import base
+from nova_error_notifier import formatting
 from nova_error_notifier import logsafe
 
 LOG = log.getLogger('nova_error_notifier.alerts')
@@ -44,10 +48,6 @@ LEVELS = {
 MAX_VALUE = 2048
 
 
-def _iso(stamp):
-    return stamp.strftime('%Y-%m-%dT%H:%M:%S.%fZ') if stamp else None
-
-
 #: Members of a digest named on its line.
 MAX_DIGEST_IDS = 100
 
@@ -59,6 +59,10 @@ def format_digest(alert):
         ('rule', alert.rule),
         ('receiver', alert.receiver),
         ('id', alert.id),
+    ]
+    if alert.region:
+        items.append(('region', alert.region))
+    items.extend([
         ('digest', alert.digest_count),
         ('summary', alert.summary),
         ('events', ','.join(alert.event_types)),
@@ -66,9 +70,9 @@ def format_digest(alert):
         ('instances', ','.join(m.instance_uuid or '-' for m in members)),
         ('requests', ','.join(m.request_id or '-' for m in members)),
         ('unlisted', alert.digest_count - len(members)),
-        ('first_seen', _iso(alert.first_seen)),
-        ('last_seen', _iso(alert.last_seen)),
-    ]
+        ('first_seen', formatting.iso_timestamp(alert.first_seen)),
+        ('last_seen', formatting.iso_timestamp(alert.last_seen)),
+    ])
     return 'nova-error-notifier digest ' + logsafe.pairs(items, MAX_VALUE)
 
 
@@ -80,6 +84,10 @@ def format_alert(alert, with_details=False):
         ('rule', alert.rule),
         ('receiver', alert.receiver),
         ('id', alert.id),
+    ]
+    if alert.region:
+        items.append(('region', alert.region))
+    items.extend([
         ('events', ','.join(alert.events)),
         ('instance', alert.instance_uuid),
         ('name', alert.instance_name),
@@ -87,7 +95,7 @@ def format_alert(alert, with_details=False):
         ('project', alert.project_id),
         ('host', alert.host),
         ('request_id', alert.request_id),
-    ]
+    ])
     if alert.global_request_id:
         items.append(('global_request_id', alert.global_request_id))
     items.extend([
@@ -109,8 +117,8 @@ def format_alert(alert, with_details=False):
             items.append(('failed_events', ','.join(str(e) for e in failed)))
     items.extend([
         ('count', alert.count),
-        ('first_seen', _iso(alert.first_seen)),
-        ('last_seen', _iso(alert.last_seen)),
+        ('first_seen', formatting.iso_timestamp(alert.first_seen)),
+        ('last_seen', formatting.iso_timestamp(alert.last_seen)),
     ])
     if alert.test:
         items.insert(0, ('test', 'true'))

@@ -20,7 +20,12 @@
     headers = Authorization:Bearer abc123
 
 The default body is version 1 of the document described by the JSON Schema
-``nova_error_notifier/schemas/webhook-v1.json``. With a ``secret`` each
+``nova_error_notifier/schemas/webhook-v1.json``. Each alert of it has a
+``region``: the region of the bus its failure was reported on (``[bus:NAME]
+region_name``, ``[listener] region_name``), null without one; the body's
+own ``region`` is the alert's, else ``[DEFAULT] region_name``. Fields are
+only ever added to version 1 (receivers ignore the ones they do not
+know). With a ``secret`` each
 request carries ``X-Nova-Error-Notifier-Timestamp`` and
 ``X-Nova-Error-Notifier-Signature: sha256=<hex HMAC-SHA256 of
 "<timestamp>.<body>">``. ``Idempotency-Key`` is the same for every retry of
@@ -35,7 +40,9 @@ information and query values masked, and the URL's password, query values,
 reaches a log line, the audit log, the outbox or a command's output.
 
 A ``body_template`` is the operator's, the values it prints are Nova's
-(hostile): every ``{{ ... }}`` is JSON-encoded on its way out. A string
+(hostile): the template runs in the JSON kind of the sandboxed
+:class:`nova_error_notifier.formatting.Environment`, where every
+``{{ ... }}`` is JSON-encoded on its way out. A string
 prints as the content of a JSON string, with quotes, backslashes, the JSON
 punctuation and every control or invisible character as ``\\uXXXX``
 escapes, so that ``"name": "{{ alert.instance.name }}"`` stays one string
@@ -48,14 +55,11 @@ parse as JSON, or the alert is refused for good (a non-retryable error);
 refuse a template whose output then breaks or gets a key from a value.
 """
 
-import collections.abc
-import dataclasses
 import email.utils
 import hashlib
 import hmac
 import json
 import logging
-import math
 import os
 import re
 import threading
@@ -63,7 +67,6 @@ import time
 from urllib import parse
 
 import jinja2
-from jinja2 import sandbox
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import session as ks_session
 from oslo_config import cfg
@@ -71,9 +74,9 @@ from oslo_log import log
 
 from nova_error_notifier import alert as alert_mod
 from nova_error_notifier.drivers import base
+from nova_error_notifier import formatting
 from nova_error_notifier import logsafe
 from nova_error_notifier import redact
-from nova_error_notifier import version
 
 LOG = log.getLogger(__name__)
 
@@ -121,10 +124,6 @@ class _QueryRedactor(logging.Filter):
 _URLLIB3_LOG = logging.getLogger('urllib3.connectionpool')
 
 
-def _iso(stamp):
-    return stamp.strftime('%Y-%m-%dT%H:%M:%S.%fZ') if stamp else None
-
-
 def alert_document(alert):
     """One alert of the version 1 body."""
     return {
@@ -153,9 +152,10 @@ def alert_document(alert):
         },
         'publishers': list(alert.publishers),
         'count': alert.count,
-        'first_seen': _iso(alert.first_seen),
-        'last_seen': _iso(alert.last_seen),
+        'first_seen': formatting.iso_timestamp(alert.first_seen),
+        'last_seen': formatting.iso_timestamp(alert.last_seen),
         'test': alert.test,
+        'region': alert.region,
         'enriched': alert.enriched,
         'enrichment_note': alert.enrichment_note,
         'server': (alert.enrichment or {}).get('server'),
@@ -201,9 +201,9 @@ def sign(secret, timestamp, body):
 
 def idempotency_key(alert, receiver):
     """The same for every retry of one alert to one receiver."""
-    material = '\n'.join([receiver, alert.id] + list(alert.message_ids or
-                                                     [_iso(alert.first_seen)
-                                                      or '']) +
+    first_seen = formatting.iso_timestamp(alert.first_seen) or ''
+    material = '\n'.join([receiver, alert.id] +
+                         list(alert.message_ids or [first_seen]) +
                          [m.id for m in alert.members])
     return hashlib.sha256(material.encode('utf-8')).hexdigest()[:40]
 
@@ -221,119 +221,6 @@ def safe_url(url):
 
 
 # -- body templates ----------------------------------------------------------
-
-# What a printed string may keep as it is: it can neither end a JSON string
-# (quote, backslash), nor, outside one, build a structure (the JSON
-# punctuation), nor hide (controls, invisible and separator characters, which
-# logsafe knows). Everything else becomes a \uXXXX escape, which a template's
-# own backslash before the value cannot turn into a closing quote either.
-_JSON_UNSAFE_RE = re.compile('["\\\\{}\\[\\],:]|%s' % logsafe.UNSAFE_CLASS)
-
-
-def _json_escape(match):
-    char = match.group(0)
-    code = ord(char)
-    if code <= 0xffff:
-        return '\\u%04x' % code
-    code -= 0x10000          # a surrogate pair, as JSON spells it
-    return '\\u%04x\\u%04x' % (0xd800 + (code >> 10), 0xdc00 + (code & 0x3ff))
-
-
-def json_string_content(value):
-    """``value`` as the content of a JSON string (no quotes around it).
-
-    Quotes, backslashes, ``{}[],:`` and every control or invisible
-    character are ``\\uXXXX`` escapes: the result cannot end the string it
-    is put in, nor add anything to the document when put outside one.
-    """
-    text = str(value)
-    if not text.isascii():
-        # Lone surrogates are no text: replace them.
-        text = text.encode('utf-8', 'replace').decode('utf-8')
-    return _JSON_UNSAFE_RE.sub(_json_escape, text)
-
-
-class JSONText(str):
-    """A complete JSON value made by the ``tojson`` filter.
-
-    Only this filter makes one; any operation that changes it
-    (concatenation, slicing, other filters) gives a plain string again,
-    which is encoded.
-    """
-
-
-def json_value(value):
-    """``value`` as a JSON document, strings encoded as above."""
-    if isinstance(value, JSONText):
-        return str(value)
-    if value is None:
-        return 'null'
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, int):
-        return str(int(value))
-    if isinstance(value, float):
-        return repr(float(value)) if math.isfinite(value) else 'null'
-    if isinstance(value, collections.abc.Mapping):
-        return '{%s}' % ', '.join(
-            '"%s": %s' % (json_string_content(key), json_value(item))
-            for key, item in value.items())
-    if isinstance(value, (list, tuple)):
-        return '[%s]' % ', '.join(json_value(item) for item in value)
-    return '"%s"' % json_string_content(value)
-
-
-def _finalize(value):
-    """What ``{{ value }}`` prints: never raw text from a value."""
-    if isinstance(value, str) and not isinstance(value, JSONText):
-        return json_string_content(value)      # Markup too: no bypass
-    if isinstance(value, jinja2.Undefined):
-        return json_string_content(value)      # StrictUndefined raises
-    return json_value(value)
-
-
-def _tojson(value, indent=None):
-    """The ``tojson`` filter: a complete JSON value (``indent`` ignored)."""
-    return JSONText(json_value(value))
-
-
-def _safe(value):
-    """The ``safe`` filter: marks nothing safe (``tojson | safe`` works)."""
-    return value if isinstance(value, JSONText) else str(value)
-
-
-#: A marker in every string of the hostile sample alert: a key of the
-#: rendered body holding it came from a Nova value.
-HOSTILE_MARK = 'nen-hostile'
-HOSTILE_TEXT = ('%s", "%s-key": "x\\" \\\\ }]{[,: \n\r\t\x00\x1b[2J '
-                '\u2028\u2029\u202e\u200b {{ 7 * 7 }} </script>'
-                % (HOSTILE_MARK, HOSTILE_MARK))
-#: Fields of the sample alert that stay as they are (ids the body does not
-#: show as text, timestamps).
-_KEEP_FIELDS = frozenset(('receiver', 'first_seen', 'last_seen', 'members',
-                          'test', 'enriched', 'count', 'code',
-                          'digest_count'))
-
-
-def _hostile(value):
-    if isinstance(value, str):
-        return HOSTILE_TEXT
-    if isinstance(value, dict):
-        return {key: _hostile(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_hostile(item) for item in value)
-    return value
-
-
-def hostile_sample(receiver):
-    """The sample alert with every text a Nova value could be hostile in."""
-    sample = alert_mod.sample(receiver)
-    changes = {}
-    for field in dataclasses.fields(sample):
-        if field.name not in _KEEP_FIELDS:
-            changes[field.name] = _hostile(getattr(sample, field.name))
-    return dataclasses.replace(sample, **changes)
-
 
 def _keys(document):
     """Every key of a parsed JSON document, at any depth."""
@@ -506,7 +393,7 @@ class WebhookDriver(base.Driver):
     def _check_template(self, path):
         """Render the template with the sample, then a hostile alert."""
         try:
-            self._template = self._load_template(path)
+            self._template = formatting.load_template(path, formatting.JSON)
             self._render(alert_mod.sample(self.receiver))
         except jinja2.TemplateError as exc:
             return ['body_template %s: %s: %s' % (
@@ -514,25 +401,16 @@ class WebhookDriver(base.Driver):
         except (base.DriverError, OSError) as exc:
             return ['body_template %s: %s' % (path, exc)]
         try:
-            body = json.loads(self._render(hostile_sample(self.receiver)))
+            body = json.loads(self._render(
+                formatting.hostile_sample(self.receiver)))
         except (jinja2.TemplateError, base.DriverError) as exc:
             return ['body_template %s, with an alert whose Nova values hold '
                     'quotes, backslashes, brackets and control characters: '
                     '%s' % (path, exc)]
-        if any(HOSTILE_MARK in key for key in _keys(body)):
+        if any(formatting.HOSTILE_MARK in key for key in _keys(body)):
             return ['body_template %s: a Nova value becomes a key of the '
                     'body: keys must be the template\'s own text' % path]
         return []
-
-    @staticmethod
-    def _load_template(path):
-        directory, name = os.path.split(os.path.abspath(path))
-        env = sandbox.SandboxedEnvironment(
-            loader=jinja2.FileSystemLoader(directory), autoescape=False,
-            undefined=jinja2.StrictUndefined, finalize=_finalize)
-        env.filters['tojson'] = _tojson
-        env.filters['safe'] = _safe
-        return env.get_template(name)
 
     @property
     def session(self):
@@ -545,8 +423,7 @@ class WebhookDriver(base.Driver):
                         if options.keyfile else options.certfile)
             self._session = ks_session.Session(
                 verify=verify, cert=cert, timeout=options.timeout,
-                user_agent='nova-error-notifier/%s'
-                           % version.version_string())
+                user_agent=formatting.user_agent())
         return self._session
 
     def _render(self, alert):
@@ -555,8 +432,8 @@ class WebhookDriver(base.Driver):
         :raises DriverError: (not retryable) when the template fails or
             its output is not JSON.
         """
-        document = body_document([alert], self.receiver,
-                                 self.conf.region_name)
+        region = formatting.alert_region(alert, self.conf.region_name)
+        document = body_document([alert], self.receiver, region)
         if self._template is None:
             return json.dumps(document, ensure_ascii=False,
                               sort_keys=True).encode('utf-8')
@@ -564,7 +441,7 @@ class WebhookDriver(base.Driver):
             text = self._template.render(body=document,
                                          alert=document['alerts'][0],
                                          receiver=self.receiver,
-                                         region=self.conf.region_name)
+                                         region=region)
         except jinja2.TemplateError as exc:
             raise base.DriverError('body_template failed: %s: %s'
                                    % (type(exc).__name__, exc))

@@ -9,9 +9,10 @@ repositories, logs.  It listens on 127.0.0.1 on a free port and serves
 Start-up is Keystone's own: ``keystone-manage db_sync``, ``fernet_setup``,
 ``credential_setup`` (these three in parallel), then ``bootstrap`` (admin
 user, project and role, region ``RegionOne``, the identity service with its
-public endpoint).  Then ``keystone_wsgi.py`` (next to this file) serves
-``keystone.server.wsgi.initialize_public_application()``.  ``start()`` returns
-once the admin can get a project-scoped token.
+public endpoint).  Then ``wsgi_serve.py keystone`` (next to this file)
+serves ``keystone.server.wsgi.initialize_public_application()``.  ``start()``
+returns once the admin can get a project-scoped token.  The start-up and
+clean-up it shares with ``nova_api.py`` are in ``wsgi_service.py``.
 
 Every process it starts carries a marker environment variable.  ``stop()``
 kills whatever still carries the marker, and a small watchdog process does the
@@ -28,10 +29,8 @@ import logging
 import os
 import pwd
 import secrets
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 from keystoneauth1.identity import v3
@@ -40,33 +39,29 @@ import requests
 
 try:  # tests/ and tests/functional/ are packages, or the root is on sys.path
     from tests.functional import procutil
+    from tests.functional import wsgi_service
 except ModuleNotFoundError as exc:
     if exc.name not in ('tests', 'tests.functional'):
         raise
     import procutil  # rootdir-less run: this directory is on sys.path
+    import wsgi_service
 
 LOG = logging.getLogger(__name__)
 
 MARKER_ENV = 'NOVA_ERROR_NOTIFIER_TEST_KEYSTONE'
-DEFAULT_START_TIMEOUT = 180.0
-HOST = '127.0.0.1'
+DEFAULT_START_TIMEOUT = wsgi_service.DEFAULT_START_TIMEOUT
+HOST = wsgi_service.HOST
 ADMIN_USER = 'admin'
 ADMIN_PROJECT = 'admin'
 ADMIN_ROLE = 'admin'
 REGION = 'RegionOne'
 DEFAULT_DOMAIN_ID = 'default'
 
-WSGI_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                           'keystone_wsgi.py')
-
 # keystone-manage, run by the interpreter of the tests (the same virtualenv,
 # whatever PATH says).  cwd is the temporary directory, so the '' that -c
 # puts on sys.path finds no stray "keystone" module.
 _MANAGE = ('import sys; from keystone.cmd.manage import main; '
            'sys.exit(main())')
-
-# Loopback requests never go through an http_proxy from the environment.
-_NO_PROXY_OPENER = procutil.NO_PROXY_OPENER
 
 
 class KeystoneStartError(RuntimeError):
@@ -78,7 +73,6 @@ class KeystoneStartError(RuntimeError):
 # --------------------------------------------------------------------------
 
 _excerpt = procutil.excerpt
-_ini_value = procutil.ini_value
 
 
 _marked_pids, _sweep = procutil.marker_functions(MARKER_ENV)
@@ -88,7 +82,7 @@ _marked_pids, _sweep = procutil.marker_functions(MARKER_ENV)
 # The server
 # --------------------------------------------------------------------------
 
-class KeystoneServer:
+class KeystoneServer(wsgi_service.WSGIServiceFixture):
     """A private Keystone for tests.
 
     Example::
@@ -102,24 +96,25 @@ class KeystoneServer:
         ks.stop()
     """
 
+    MARKER_ENV = MARKER_ENV
+    NAME = 'Keystone'
+    APPLICATION = 'keystone'
+    TMPDIR_PREFIX = 'nen-keystone-'
+    CONFIG_FILE = 'keystone.conf'
+    LOG_FILE = 'keystone.log'
+    READY_TIMEOUT = 2
+    PROOF_STEP = 'admin_token'
+    start_error = KeystoneStartError
+
     def __init__(self, start_timeout=DEFAULT_START_TIMEOUT,
                  keep_tmpdir=False, base_dir=None, admin_password=None,
                  extra_config=''):
         """*extra_config*: text appended to keystone.conf."""
-        self.start_timeout = start_timeout
-        self.keep_tmpdir = keep_tmpdir
-        self.base_dir = base_dir
+        super().__init__(start_timeout=start_timeout,
+                         keep_tmpdir=keep_tmpdir, base_dir=base_dir,
+                         extra_config=extra_config)
         self.admin_password = admin_password or (
             'Pw' + secrets.token_urlsafe(16))
-        self.extra_config = extra_config
-        self.tmpdir = None
-        self.port = None
-        self.startup_seconds = None
-        self.step_seconds = {}
-        self._server = None
-        self._watchdog = None
-        self._marker = None
-        self._env = None
         self._session = None
         self._role_ids = {}
 
@@ -131,77 +126,22 @@ class KeystoneServer:
         return 'http://%s:%d/v3' % (HOST, self.port)
 
     @property
-    def config_path(self):
-        return os.path.join(self.tmpdir, 'keystone.conf')
-
-    @property
-    def log_path(self):
-        """Keystone's own log (oslo.log)."""
-        return os.path.join(self.tmpdir, 'keystone.log')
-
-    @property
-    def server_log_path(self):
-        """The WSGI server's stdout/stderr: one line per request."""
-        return os.path.join(self.tmpdir, 'server.log')
+    def ready_url(self):
+        return self.auth_url
 
     @property
     def db_path(self):
         return os.path.join(self.tmpdir, 'keystone.db')
 
-    @property
-    def running(self):
-        return self._server is not None and self._server.poll() is None
-
-    def processes(self):
-        """PIDs of live processes this server started (none once stopped)."""
-        return _marked_pids(self._marker) if self._marker else []
-
     # -- start / stop --------------------------------------------------------
 
-    def start(self):
-        """Start Keystone; raise KeystoneStartError (with logs) on failure."""
-        if self.running:
-            return
-        started = time.monotonic()
-        deadline = started + self.start_timeout
-        self.tmpdir = tempfile.mkdtemp(prefix='nen-keystone-',
-                                       dir=self.base_dir)
-        self._marker = os.path.basename(self.tmpdir)
-        self._env = self._make_env()
-        self.step_seconds = {}
-        sock = None
-        try:
-            self._start_watchdog()
-            # Bound here and handed to the server: the port written into the
-            # catalog by bootstrap cannot be taken by anyone meanwhile.
-            sock = socket.create_server((HOST, 0), backlog=64)
-            self.port = sock.getsockname()[1]
-            self._write_config()
-            self._setup_keystone(deadline)
-            self._start_server(sock)
-            sock.close()
-            sock = None
-            self._wait_until_ready(deadline)
-        except BaseException as exc:
-            if sock is not None:
-                sock.close()
-            reason = self._failure_report(exc)
-            self.stop()
-            if isinstance(exc, Exception):
-                raise KeystoneStartError(reason) from exc
-            raise
-        self.startup_seconds = time.monotonic() - started
-        LOG.info('Keystone up on port %d after %.1fs', self.port,
-                 self.startup_seconds)
+    def _prepare(self, deadline):
+        self._write_keystone_conf()
+        self._setup_keystone(deadline)
 
-    def _make_env(self):
-        # HOME keeps ~/.keystone and ~/.config out of the picture.
-        return procutil.python_child_env(MARKER_ENV, self._marker,
-                                         self.tmpdir)
-
-    def _write_config(self):
+    def _write_keystone_conf(self):
         d = self.tmpdir
-        text = '\n'.join([
+        self._write_config('\n'.join([
             '[DEFAULT]',
             'log_file = %s' % self.log_path,
             'use_stderr = false',
@@ -228,11 +168,7 @@ class KeystoneServer:
             # log a warning on every password it hashes or checks.
             'max_password_length = 72',
             '',
-        ])
-        if self.extra_config:
-            text += '\n' + self.extra_config.rstrip('\n') + '\n'
-        with open(self.config_path, 'w') as f:
-            f.write(text)
+        ]))
 
     def _manage_cmd(self, *args):
         return [sys.executable, '-c', _MANAGE, '--config-file',
@@ -248,7 +184,10 @@ class KeystoneServer:
 
         Each command's output goes to manage-NAME.log in the directory.
         """
-        t0 = time.monotonic()
+        with self._step('+'.join(n for n, _a in steps)):
+            self._run_manage_steps(steps, deadline)
+
+    def _run_manage_steps(self, steps, deadline):
         procs = []
         try:
             for name, args in steps:
@@ -278,8 +217,6 @@ class KeystoneServer:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-        self.step_seconds['+'.join(n for n, _a in steps)] = round(
-            time.monotonic() - t0, 2)
 
     def _setup_keystone(self, deadline):
         self._run_manage([
@@ -301,62 +238,16 @@ class KeystoneServer:
             ]),
         ], deadline)
 
-    def _start_watchdog(self):
-        self._watchdog = procutil.start_watchdog(
-            MARKER_ENV, self._marker,
-            '' if self.keep_tmpdir else self.tmpdir)
-
-    def _start_server(self, sock):
-        with open(self.server_log_path, 'wb') as out:
-            self._server = subprocess.Popen(
-                [sys.executable, WSGI_SCRIPT, '--config-file',
-                 self.config_path, '--listen-fd', str(sock.fileno()),
-                 '--exit-on-stdin-eof'],
-                env=self._env, cwd=self.tmpdir, stdin=subprocess.PIPE,
-                stdout=out, stderr=subprocess.STDOUT,
-                pass_fds=(sock.fileno(),), start_new_session=True)
-
-    def _wait_until_ready(self, deadline):
-        t0 = time.monotonic()
-        procutil.wait_for_http_200(
-            self.auth_url, self._server, deadline, 'Keystone',
-            KeystoneStartError, self.start_timeout, request_timeout=2)
-        self.step_seconds['server'] = round(time.monotonic() - t0, 2)
-        # The real proof: the admin gets a project-scoped token.
-        t0 = time.monotonic()
+    def _prove_ready(self):
+        # The admin gets a project-scoped token.
         self._session = self.admin_session()
         self._session.get_token()
-        self.step_seconds['admin_token'] = round(time.monotonic() - t0, 2)
-
-    def _failure_report(self, exc):
-        lines = ['Keystone test server failed to start: %s' % exc,
-                 'port %s, dir %s' % (self.port, self.tmpdir)]
-        for title, path in (('server output', self.server_log_path),
-                            ('keystone.log', self.log_path)):
-            if os.path.exists(path):
-                lines += ['--- %s (tail) ---' % title, _excerpt(path)]
-        return '\n'.join(lines)
 
     def stop(self):
         """Stop Keystone and remove everything it started.  Idempotent."""
         self._session = None
         self._role_ids = {}
-        server, self._server = self._server, None
-        procutil.terminate(server, 'Keystone', 10, LOG)
-        watchdog, self._watchdog = self._watchdog, None
-        procutil.clean_up(MARKER_ENV, self._marker, watchdog, self.tmpdir,
-                          self.keep_tmpdir)
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
-    def _require_started(self):
-        if self.port is None:
-            raise RuntimeError('KeystoneServer is not started')
+        super().stop()
 
     # -- sessions and configuration -----------------------------------------
 
@@ -397,7 +288,7 @@ class KeystoneServer:
         after ``register_auth_conf_options``).  ``$`` is written as ``$$``,
         which oslo.config reads back as ``$``.
         """
-        values = [
+        return procutil.ini_section('service_credentials', [
             ('auth_type', 'password'),
             ('auth_url', self.auth_url),
             ('username', username),
@@ -405,9 +296,7 @@ class KeystoneServer:
             ('project_name', project_name),
             ('user_domain_name', user_domain),
             ('project_domain_name', project_domain),
-        ]
-        return '[service_credentials]\n' + ''.join(
-            '%s = %s\n' % (k, _ini_value(k, v)) for k, v in values)
+        ])
 
     # -- REST helpers --------------------------------------------------------
 

@@ -17,7 +17,7 @@ directory, against a started ``KeystoneServer`` (tests/functional/keystone.py):
   asks Neutron for the server's ports and security groups, and answers 500
   without a network endpoint.  It answers empty lists, and records what was
   asked (``neutron_requests``).
-* ``nova_api_wsgi.py`` (next to this file) serving
+* ``wsgi_serve.py nova-api`` (next to this file) serving
   ``nova.wsgi.osapi_compute:application`` on 127.0.0.1, on a free port.
 * ``compute`` (``url``, ``http://127.0.0.1:PORT/v2.1``) and ``network``
   services in Keystone's catalog, public and internal endpoints in
@@ -39,7 +39,8 @@ Every process it starts carries a marker environment variable.  ``stop()``
 kills whatever still carries the marker, and a small watchdog process does
 the same if the test process dies without calling ``stop()``.  The server
 and the seeding helper also exit by themselves when their standard input, a
-pipe from the test process, closes.
+pipe from the test process, closes.  The start-up and clean-up it shares
+with ``keystone.py`` are in ``wsgi_service.py``.
 """
 
 import http.server
@@ -50,31 +51,31 @@ import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from urllib import parse as urllib_parse
 
 try:  # tests/ and tests/functional/ are packages, or the root is on sys.path
     from tests.functional import procutil
+    from tests.functional import wsgi_service
 except ModuleNotFoundError as exc:
     if exc.name not in ('tests', 'tests.functional'):
         raise
     import procutil  # rootdir-less run: this directory is on sys.path
+    import wsgi_service
 
 LOG = logging.getLogger(__name__)
 
 MARKER_ENV = 'NOVA_ERROR_NOTIFIER_TEST_NOVA'
-DEFAULT_START_TIMEOUT = 180.0
-HOST = '127.0.0.1'
+DEFAULT_START_TIMEOUT = wsgi_service.DEFAULT_START_TIMEOUT
+HOST = wsgi_service.HOST
 REGION = 'RegionOne'
 SERVICE_PROJECT = 'service'
 SERVICE_USER_PREFIX = 'nova-'
 INTERFACES = ('public', 'internal')
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-WSGI_SCRIPT = os.path.join(_HERE, 'nova_api_wsgi.py')
-SEED_SCRIPT = os.path.join(_HERE, 'nova_api_seed.py')
+SEED_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'nova_api_seed.py')
 
 # Loopback requests never go through an http_proxy from the environment.
 _NO_PROXY_OPENER = procutil.NO_PROXY_OPENER
@@ -153,7 +154,6 @@ class NovaSeedError(RuntimeError):
 # --------------------------------------------------------------------------
 
 _excerpt = procutil.excerpt
-_ini_value = procutil.ini_value
 
 
 _marked_pids, _sweep = procutil.marker_functions(MARKER_ENV)
@@ -266,7 +266,7 @@ class _NeutronStub(http.server.ThreadingHTTPServer):
 # The server
 # --------------------------------------------------------------------------
 
-class NovaAPIServer:
+class NovaAPIServer(wsgi_service.WSGIServiceFixture):
     """A private, read-only nova-api for tests.
 
     Example::
@@ -284,31 +284,32 @@ class NovaAPIServer:
         nova.stop()
     """
 
+    MARKER_ENV = MARKER_ENV
+    NAME = 'nova-api'
+    APPLICATION = 'nova-api'
+    TMPDIR_PREFIX = 'nen-nova-'
+    CONFIG_FILE = 'nova.conf'
+    LOG_FILE = 'nova-api.log'
+    READY_TIMEOUT = 5
+    PROOF_STEP = 'admin_list'
+    start_error = NovaAPIStartError
+
     def __init__(self, keystone, start_timeout=DEFAULT_START_TIMEOUT,
                  keep_tmpdir=False, base_dir=None, extra_config='',
                  debug=False):
         """*extra_config*: text appended to nova.conf."""
+        super().__init__(start_timeout=start_timeout,
+                         keep_tmpdir=keep_tmpdir, base_dir=base_dir,
+                         extra_config=extra_config)
         self.keystone = keystone
-        self.start_timeout = start_timeout
-        self.keep_tmpdir = keep_tmpdir
-        self.base_dir = base_dir
-        self.extra_config = extra_config
         self.debug = debug
-        self.tmpdir = None
-        self.port = None
         self.service_user = None
         self.service_user_id = None
         self.service_password = None
         self.service_project_id = None
-        self.startup_seconds = None
-        self.step_seconds = {}
-        self._server = None
         self._seeder = None
         self._seed_lock = threading.Lock()
         self._neutron = None
-        self._watchdog = None
-        self._marker = None
-        self._env = None
         self._catalog = []  # (kind, id) to delete at stop: services, users
 
     # -- public properties --------------------------------------------------
@@ -318,6 +319,10 @@ class NovaAPIServer:
         """The compute endpoint, as in the catalog."""
         self._require_started()
         return 'http://%s:%d/v2.1' % (HOST, self.port)
+
+    @property
+    def ready_url(self):
+        return self.url + '/'
 
     @property
     def neutron_url(self):
@@ -335,22 +340,8 @@ class NovaAPIServer:
         return list(self._neutron.unexpected) if self._neutron else []
 
     @property
-    def config_path(self):
-        return os.path.join(self.tmpdir, 'nova.conf')
-
-    @property
     def paste_path(self):
         return os.path.join(self.tmpdir, 'api-paste.ini')
-
-    @property
-    def log_path(self):
-        """nova-api's own log (oslo.log)."""
-        return os.path.join(self.tmpdir, 'nova-api.log')
-
-    @property
-    def server_log_path(self):
-        """The WSGI server's stdout/stderr: one line per request."""
-        return os.path.join(self.tmpdir, 'server.log')
 
     @property
     def seed_log_path(self):
@@ -360,75 +351,38 @@ class NovaAPIServer:
         """'api', 'cell0' or 'cell1'."""
         return os.path.join(self.tmpdir, 'nova_%s.sqlite' % name)
 
-    @property
-    def running(self):
-        """True while the HTTP server runs (False after stop_api())."""
-        return self._server is not None and self._server.poll() is None
-
-    def processes(self):
-        """PIDs of live processes this server started (none once stopped)."""
-        return _marked_pids(self._marker) if self._marker else []
-
     # -- start / stop --------------------------------------------------------
 
-    def start(self):
-        """Start nova-api; raise NovaAPIStartError (with logs) on failure.
+    def _started(self):
+        # Started already: start_api() restarts the HTTP server after
+        # stop_api().
+        return self._seeder is not None
 
-        Does nothing when started already (start_api() restarts the HTTP
-        server after stop_api()).
-        """
-        if self._seeder is not None:
-            return
-        started = time.monotonic()
-        deadline = started + self.start_timeout
-        self.tmpdir = tempfile.mkdtemp(prefix='nen-nova-',
-                                       dir=self.base_dir)
-        self._marker = os.path.basename(self.tmpdir)
-        self._env = self._make_env()
-        self.step_seconds = {}
-        sock = None
-        try:
-            self._start_watchdog()
-            sock = socket.create_server((HOST, 0), backlog=64)
-            self.port = sock.getsockname()[1]
-            self._neutron = _NeutronStub()
-            self._neutron.start()
-            # A user of its own: two servers on one Keystone do not share
-            # it.  Made in Keystone while the seeding helper imports Nova.
-            self.service_user = SERVICE_USER_PREFIX + self._marker[
-                -8:].replace('_', '-')
-            self.service_password = secrets.token_urlsafe(16)
-            self._write_config()
-            self._start_seeder()
-            self._setup_keystone()
-            self._setup_databases(deadline)
-            self._start_server(sock)
-            sock.close()
-            sock = None
-            self._wait_until_ready(deadline)
-        except BaseException as exc:
-            if sock is not None:
-                sock.close()
-            reason = self._failure_report(exc)
-            self.stop()
-            if isinstance(exc, Exception):
-                raise NovaAPIStartError(reason) from exc
-            raise
-        self.startup_seconds = time.monotonic() - started
-        LOG.info('nova-api up on port %d after %.1fs', self.port,
-                 self.startup_seconds)
+    def _child_env(self):
+        # Nova's native-threading mode for every process, nova-manage too.
+        return {'OS_NOVA_DISABLE_EVENTLET_PATCHING': '1'}
 
-    def _make_env(self):
-        # HOME keeps ~/.config and ~/.nova out of the picture.
-        return procutil.python_child_env(
-            MARKER_ENV, self._marker, self.tmpdir,
-            # Nova's native-threading mode for every process, nova-manage
-            # too.
-            OS_NOVA_DISABLE_EVENTLET_PATCHING='1')
+    def _prepare(self, deadline):
+        self._neutron = _NeutronStub()
+        self._neutron.start()
+        # A user of its own: two servers on one Keystone do not share
+        # it.  Made in Keystone while the seeding helper imports Nova.
+        self.service_user = SERVICE_USER_PREFIX + self._marker[
+            -8:].replace('_', '-')
+        self.service_password = secrets.token_urlsafe(16)
+        self._write_nova_conf()
+        self._start_seeder()
+        self._setup_keystone()
+        self._setup_databases(deadline)
 
     def _setup_keystone(self):
         """The service user and project, and the catalog entries."""
-        t0 = time.monotonic()
+        with self._step('keystone'):
+            self._register_user()
+            self._register_service('compute', 'nova', self.url)
+            self._register_service('network', 'neutron', self._neutron.url)
+
+    def _register_user(self):
         ks = self.keystone
         projects = ks.get('/projects', name=SERVICE_PROJECT)['projects']
         if projects:
@@ -454,9 +408,6 @@ class NovaAPIServer:
         for role in ('admin', 'service'):
             ks.grant_project(role, self.service_project_id,
                              user_id=self.service_user_id)
-        self._register_service('compute', 'nova', self.url)
-        self._register_service('network', 'neutron', self._neutron.url)
-        self.step_seconds['keystone'] = round(time.monotonic() - t0, 2)
 
     def _register_service(self, service_type, name, url):
         ks = self.keystone
@@ -490,7 +441,7 @@ class NovaAPIServer:
             LOG.warning('could not remove the test Nova from Keystone: %s',
                         exc)
 
-    def _write_config(self):
+    def _write_nova_conf(self):
         ks = self.keystone
         auth = [
             ('auth_type', 'password'),
@@ -502,52 +453,45 @@ class NovaAPIServer:
             ('project_domain_name', 'Default'),
             ('region_name', REGION),
         ]
-
-        def section(name, pairs):
-            return ['[%s]' % name] + [
-                '%s = %s' % (k, _ini_value(k, v)) for k, v in pairs] + ['']
-
-        lines = section('DEFAULT', [
-            ('host', 'nen-nova-api'),
-            ('transport_url', 'fake://'),
-            ('state_path', self.tmpdir),
-            ('log_file', self.log_path),
-            ('use_stderr', 'false'),
-            ('debug', 'true' if self.debug else 'false'),
-            # No periodic or metadata work, no guru reports.
-            ('enabled_apis', 'osapi_compute'),
-        ])
-        lines += section('api', [('auth_strategy', 'keystone')])
-        lines += section('wsgi', [('api_paste_config', self.paste_path)])
-        lines += section('api_database', [
-            ('connection', _sqlite_url(self.db_path('api')))])
-        lines += section('database', [
-            ('connection', _sqlite_url(self.db_path('cell1')))])
-        lines += section('oslo_concurrency', [
-            ('lock_path', os.path.join(self.tmpdir, 'locks'))])
-        lines += section('keystone_authtoken', auth + [
-            ('www_authenticate_uri', ks.auth_url),
-            # Keystone's bootstrap registers only a public identity endpoint.
-            ('interface', 'public'),
-            ('service_token_roles_required', 'true'),
-        ])
-        lines += section('neutron', auth + [
-            ('valid_interfaces', 'internal,public'),
-        ])
-        lines += section('placement', auth + [
-            ('valid_interfaces', 'internal,public'),
-        ])
-        lines += section('service_user', auth + [
-            ('send_service_user_token', 'false'),
-        ])
-        lines += section('notifications', [('notification_format', 'both')])
-        lines += section('oslo_messaging_notifications', [
-            ('driver', 'noop')])
-        text = '\n'.join(lines)
-        if self.extra_config:
-            text += '\n' + self.extra_config.rstrip('\n') + '\n'
-        with open(self.config_path, 'w') as f:
-            f.write(text)
+        section = procutil.ini_section
+        self._write_config('\n'.join([
+            section('DEFAULT', [
+                ('host', 'nen-nova-api'),
+                ('transport_url', 'fake://'),
+                ('state_path', self.tmpdir),
+                ('log_file', self.log_path),
+                ('use_stderr', 'false'),
+                ('debug', 'true' if self.debug else 'false'),
+                # No periodic or metadata work, no guru reports.
+                ('enabled_apis', 'osapi_compute'),
+            ]),
+            section('api', [('auth_strategy', 'keystone')]),
+            section('wsgi', [('api_paste_config', self.paste_path)]),
+            section('api_database', [
+                ('connection', _sqlite_url(self.db_path('api')))]),
+            section('database', [
+                ('connection', _sqlite_url(self.db_path('cell1')))]),
+            section('oslo_concurrency', [
+                ('lock_path', os.path.join(self.tmpdir, 'locks'))]),
+            section('keystone_authtoken', auth + [
+                ('www_authenticate_uri', ks.auth_url),
+                # Keystone's bootstrap registers only a public identity
+                # endpoint.
+                ('interface', 'public'),
+                ('service_token_roles_required', 'true'),
+            ]),
+            section('neutron', auth + [
+                ('valid_interfaces', 'internal,public'),
+            ]),
+            section('placement', auth + [
+                ('valid_interfaces', 'internal,public'),
+            ]),
+            section('service_user', auth + [
+                ('send_service_user_token', 'false'),
+            ]),
+            section('notifications', [('notification_format', 'both')]),
+            section('oslo_messaging_notifications', [('driver', 'noop')]),
+        ]))
         with open(self.paste_path, 'w') as f:
             f.write(_API_PASTE_INI)
         os.mkdir(os.path.join(self.tmpdir, 'locks'))
@@ -559,18 +503,13 @@ class NovaAPIServer:
         ``db sync`` (which syncs cell0 through its mapping): one Nova import
         (~2 s) instead of four.  Their output is in seed.log.
         """
-        t0 = time.monotonic()
-        output = self._seed(
-            'setup_databases', timeout=max(1, deadline - time.monotonic()),
-            cell0_url=_sqlite_url(self.db_path('cell0')),
-            cell1_url=_sqlite_url(self.db_path('cell1')))
-        LOG.debug('nova-manage output:\n%s', output)
-        self.step_seconds['databases'] = round(time.monotonic() - t0, 2)
-
-    def _start_watchdog(self):
-        self._watchdog = procutil.start_watchdog(
-            MARKER_ENV, self._marker,
-            '' if self.keep_tmpdir else self.tmpdir)
+        with self._step('databases'):
+            output = self._seed(
+                'setup_databases',
+                timeout=max(1, deadline - time.monotonic()),
+                cell0_url=_sqlite_url(self.db_path('cell0')),
+                cell1_url=_sqlite_url(self.db_path('cell1')))
+            LOG.debug('nova-manage output:\n%s', output)
 
     def _start_seeder(self):
         with open(self.seed_log_path, 'ab') as err:
@@ -580,70 +519,30 @@ class NovaAPIServer:
                 env=self._env, cwd=self.tmpdir, stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=err, start_new_session=True)
 
-    def _start_server(self, sock):
-        with open(self.server_log_path, 'ab') as out:
-            self._server = subprocess.Popen(
-                [sys.executable, WSGI_SCRIPT, '--config-file',
-                 self.config_path, '--paste-file', self.paste_path,
-                 '--listen-fd', str(sock.fileno()), '--exit-on-stdin-eof'],
-                env=self._env, cwd=self.tmpdir, stdin=subprocess.PIPE,
-                stdout=out, stderr=subprocess.STDOUT,
-                pass_fds=(sock.fileno(),), start_new_session=True)
+    def _server_args(self):
+        return ['--paste-file', self.paste_path]
 
-    def _wait_until_ready(self, deadline):
-        t0 = time.monotonic()
-        procutil.wait_for_http_200(
-            self.url + '/', self._server, deadline, 'nova-api',
-            NovaAPIStartError, self.start_timeout, request_timeout=5)
-        self.step_seconds['server'] = round(time.monotonic() - t0, 2)
-        # The real proof: a token goes through keystonemiddleware, the
-        # policy and the cell databases.
-        t0 = time.monotonic()
+    def _prove_ready(self):
+        # A token goes through keystonemiddleware, the policy and the cell
+        # databases.
         resp = self.keystone.admin_session().get(
             self.url + '/servers', raise_exc=False)
         if resp.status_code != 200:
             raise NovaAPIStartError(
                 'GET /v2.1/servers as the admin answered %s: %s' % (
                     resp.status_code, resp.text[:2000]))
-        self.step_seconds['admin_list'] = round(time.monotonic() - t0, 2)
 
-    def _failure_report(self, exc):
-        lines = ['nova-api test server failed to start: %s' % exc,
-                 'port %s, dir %s' % (self.port, self.tmpdir)]
-        for title, path in (('server output', self.server_log_path),
-                            ('nova-api.log', self.log_path),
-                            ('seeding helper', self.seed_log_path)):
-            if self.tmpdir and os.path.exists(path):
-                lines += ['--- %s (tail) ---' % title, _excerpt(path)]
-        return '\n'.join(lines)
+    def _report_logs(self):
+        return super()._report_logs() + [
+            ('seeding helper', self.seed_log_path)]
 
-    def _stop_process(self, proc, name):
-        procutil.terminate(proc, name, 10, LOG)
-
-    def stop(self):
-        """Stop everything and remove it from Keystone.  Idempotent."""
-        server, self._server = self._server, None
-        self._stop_process(server, 'nova-api')
+    def _stop_others(self):
         seeder, self._seeder = self._seeder, None
         self._stop_process(seeder, 'the seeding helper')
         neutron, self._neutron = self._neutron, None
         if neutron is not None:
             neutron.stop()
         self._unregister()
-        watchdog, self._watchdog = self._watchdog, None
-        procutil.clean_up(MARKER_ENV, self._marker, watchdog, self.tmpdir,
-                          self.keep_tmpdir)
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
-    def _require_started(self):
-        if self.port is None:
-            raise RuntimeError('NovaAPIServer is not started')
 
     # -- "the API is down" ---------------------------------------------------
 

@@ -45,7 +45,7 @@ import os
 import sys
 import traceback
 
-# As in nova_api_wsgi.py: this directory's keystone.py must not shadow the
+# As in wsgi_serve.py: this directory's keystone.py must not shadow the
 # real package of that name.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != _HERE]

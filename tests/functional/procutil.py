@@ -12,9 +12,12 @@ the fixture's temporary directory), so that:
   stopping the fixture (its standard input, a pipe from the test process,
   reaches end of file however the test process goes away).
 
+``MarkedFixture`` is the base class of those fixtures: what they do alike
+with the marker, the watchdog and their temporary directory.
+
 Also here: log excerpts for failure reports, free ports, stopping a child
 process group, polling an HTTP endpoint until it answers 200, and writing
-values into oslo.config INI files.
+values and sections into oslo.config INI files.
 
 Standard library only.
 """
@@ -80,6 +83,19 @@ def port_open(port, host=HOST):
         return False
 
 
+def port_refused(port, host=HOST):
+    """True when *host* refuses TCP connections to *port*.
+
+    False when a connection is accepted; a time-out (2 s) or another error
+    raises, since it proves neither.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
 def ini_value(name, value):
     """*value* as it must be written for oslo.config to read it back."""
     value = str(value)
@@ -88,6 +104,15 @@ def ini_value(name, value):
             name, value))
     # oslo.config expands $name references; $$ is a literal $.
     return value.replace('$', '$$')
+
+
+def ini_section(name, pairs):
+    """The text of an INI section: ``[name]``, then ``key = value`` lines.
+
+    Each value goes through ini_value(); the text ends with a newline.
+    """
+    return ''.join(['[%s]\n' % name] + [
+        '%s = %s\n' % (key, ini_value(key, value)) for key, value in pairs])
 
 
 # --------------------------------------------------------------------------
@@ -298,3 +323,47 @@ def clean_up(marker_env, marker, watchdog, tmpdir, keep_tmpdir):
     stop_watchdog(watchdog)
     if tmpdir and not keep_tmpdir:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# The fixtures' common base
+# --------------------------------------------------------------------------
+
+class MarkedFixture:
+    """Base of the fixtures whose child processes carry a marker.
+
+    The subclass sets ``MARKER_ENV`` and, from its ``__init__``, the
+    attributes ``tmpdir``, ``port`` (None until started), ``keep_tmpdir``,
+    ``_server`` (the main child process), ``_watchdog`` and ``_marker``
+    (the name of ``tmpdir``, once made); it provides ``start()`` and
+    ``stop()``.
+    """
+
+    MARKER_ENV = None
+
+    @property
+    def running(self):
+        """True while the main child process runs."""
+        return self._server is not None and self._server.poll() is None
+
+    def processes(self):
+        """PIDs of live processes this fixture started (none once stopped)."""
+        if not self._marker:
+            return []
+        return marked_pids(self.MARKER_ENV, self._marker)
+
+    def _start_watchdog(self):
+        self._watchdog = start_watchdog(
+            self.MARKER_ENV, self._marker,
+            '' if self.keep_tmpdir else self.tmpdir)
+
+    def _require_started(self):
+        if self.port is None:
+            raise RuntimeError('%s is not started' % type(self).__name__)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()

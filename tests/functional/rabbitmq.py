@@ -152,7 +152,7 @@ _marked_pids, _sweep = procutil.marker_functions(MARKER_ENV)
 # The broker
 # --------------------------------------------------------------------------
 
-class RabbitMQBroker:
+class RabbitMQBroker(procutil.MarkedFixture):
     """A private RabbitMQ node for tests.
 
     Example::
@@ -164,6 +164,8 @@ class RabbitMQBroker:
         broker.queue_message_counts('t1')   # {'notifications.error': 1}
         broker.stop()
     """
+
+    MARKER_ENV = MARKER_ENV
 
     def __init__(self, start_timeout=DEFAULT_START_TIMEOUT, keep_tmpdir=False,
                  base_dir=None, extra_config=''):
@@ -200,14 +202,6 @@ class RabbitMQBroker:
     @property
     def log_path(self):
         return os.path.join(self.tmpdir, 'log', '%s.log' % self.node_name)
-
-    def processes(self):
-        """PIDs of live processes this broker started (none once stopped)."""
-        return _marked_pids(self._marker) if self._marker else []
-
-    @property
-    def running(self):
-        return self._server is not None and self._server.poll() is None
 
     # -- start / stop --------------------------------------------------------
 
@@ -331,11 +325,6 @@ class RabbitMQBroker:
             f.write(''.join(secrets.choice(string.ascii_uppercase)
                             for _ in range(32)))
 
-    def _start_watchdog(self):
-        self._watchdog = procutil.start_watchdog(
-            MARKER_ENV, self._marker,
-            '' if self.keep_tmpdir else self.tmpdir)
-
     def _start_epmd(self, epmd):
         # A private epmd: the node and every rabbitmqctl call find each
         # other through ERL_EPMD_PORT and never touch the system one (4369).
@@ -433,18 +422,7 @@ class RabbitMQBroker:
         procutil.clean_up(MARKER_ENV, None, watchdog, self.tmpdir,
                           self.keep_tmpdir)
 
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
     # -- administration ------------------------------------------------------
-
-    def _require_started(self):
-        if self.port is None:
-            raise RuntimeError('RabbitMQBroker is not started')
 
     def ctl(self, *args, timeout=60):
         """Run ``rabbitmqctl -n NODE ARGS`` on this node; return stdout."""

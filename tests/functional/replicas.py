@@ -117,14 +117,13 @@ class ReplicaSet:
         return self
 
     def by_pid(self):
-        return {proc.process.pid: proc for proc in self.replicas
-                if proc.process is not None}
+        """Every process of every replica (supervisor and workers)."""
+        return {pid: proc for proc in self.replicas
+                if proc.process is not None for pid in proc.pids()}
 
     def kill_all(self):
         for proc in self.replicas:
-            if proc.process is not None and proc.process.poll() is None:
-                proc.process.kill()
-                proc.process.wait(10)
+            proc.kill()
             with contextlib.suppress(Exception):
                 proc._output.close()
 

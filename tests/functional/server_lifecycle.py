@@ -60,6 +60,21 @@ class ServerLifecycle:
                 self._cond.wait(left)
             return list(items)
 
+    def _wait_for_exactly(self, items, n, timeout, what, show=repr):
+        """_wait_for_count(), then AssertionError unless *n* arrived.
+
+        The message names the *what* (``message``, ``request``) and lists
+        what did arrive, each shown by *show* (the list), and the errors
+        the server recorded.
+        """
+        got = self._wait_for_count(items, n, timeout)
+        if len(got) != n:
+            raise AssertionError(
+                '%r: expected %d %s(s) within %ss, %d arrived: %s%s' % (
+                    self, n, what, timeout, len(got), show(got),
+                    self._error_summary()))
+        return got
+
     # -- start / stop ---------------------------------------------------------
 
     def start(self):

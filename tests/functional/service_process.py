@@ -1,4 +1,9 @@
-"""Run the real ``nova-error-notifier`` console script for functional tests."""
+"""Run the real ``nova-error-notifier`` console script for functional tests.
+
+Also here, for the tests that run it: a configuration with one catch-all
+rule (``service_config``), a Nova-like build failure to publish
+(``publish_error``), and the reader of its alert lines (``parse_alert``).
+"""
 
 import os
 import re
@@ -11,6 +16,45 @@ import time
 ALERT_MARK = 'nova-error-notifier alert '
 #: [correlation] group_wait of the test services, in seconds.
 GROUP_WAIT = 1
+
+_PAIR_RE = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def parse_alert(line):
+    """key=value pairs of an alert line (quoted values unescaped)."""
+    body = line.split(ALERT_MARK, 1)[1]
+    pairs = {}
+    for key, value in _PAIR_RE.findall(body):
+        if value.startswith('"'):
+            value = re.sub(r'\\(.)', r'\1', value[1:-1])
+        pairs[key] = value
+    return pairs
+
+
+def service_config(url, workdir, receiver, driver='log', extra=()):
+    """A configuration sending every error to one receiver.
+
+    No storm limit, a short group wait; *extra*: more lines (sections) at
+    the end.
+    """
+    return '\n'.join([
+        '[DEFAULT]', 'transport_url = %s' % url, 'rules = all',
+        '[rule:all]', 'events = *', 'receivers = %s' % receiver,
+        '[receiver:%s]' % receiver, 'driver = %s' % driver,
+        '[delivery]', 'state_dir = %s' % workdir,
+        'max_alerts_per_interval = 0',
+        '[correlation]', 'group_wait = 0.5'] + list(extra) + [''])
+
+
+def publish_error(pub, request_id):
+    """A legacy build failure of instance ``inst-<request_id>``.
+
+    *pub*: a ``rabbitmq.Publisher``.
+    """
+    pub.publish({'request_id': request_id}, 'compute.hv-1',
+                'compute.instance.create.error', 'ERROR',
+                {'instance_id': 'inst-' + request_id, 'state': 'building',
+                 'exception': "X('%s')" % request_id, 'message': 'X'})
 
 
 def console_script(name):
@@ -74,6 +118,17 @@ class ServiceProcess:
         return [line for line in self.log().splitlines()
                 if ALERT_MARK in line]
 
+    def alerts(self):
+        """The alerts logged so far, each as parse_alert() reads it."""
+        return [parse_alert(line) for line in self.alert_lines()]
+
+    def alerts_by_request(self):
+        """{request id: [alert, ...]} of the alerts logged so far."""
+        found = {}
+        for alert in self.alerts():
+            found.setdefault(alert['request_id'], []).append(alert)
+        return found
+
     def wait_for(self, pattern, timeout=30, count=1):
         """Wait until ``pattern`` matches ``count`` log lines."""
         regex = re.compile(pattern)
@@ -100,17 +155,54 @@ class ServiceProcess:
         return self.wait_for(re.escape(ALERT_MARK), timeout=timeout,
                              count=count)
 
+    def pids(self):
+        """The supervisor's pid and its worker processes' (one group)."""
+        if self.process is None:
+            return []
+        found = [self.process.pid]
+        for entry in os.listdir('/proc'):
+            if not entry.isdigit() or int(entry) == self.process.pid:
+                continue
+            try:
+                with open('/proc/%s/stat' % entry) as handle:
+                    fields = handle.read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            # Fields after the command: state, ppid, pgrp.
+            if int(fields[2]) == self.process.pid:
+                found.append(int(entry))
+        return found
+
+    def kill(self):
+        """SIGKILL to every process of the service, as systemd does."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except OSError:
+            self.process.kill()
+        self.process.wait(10)
+
     def stop(self, sig=signal.SIGTERM, timeout=20):
-        """Send ``sig``; return the exit status (and time it)."""
+        """Send ``sig``; return the exit status (and time it).
+
+        SIGKILL goes to every process of the service (its process group),
+        as systemd's stop does once the timeout is over.
+        """
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else None
         start = time.monotonic()
-        self.process.send_signal(sig)
+        if sig == signal.SIGKILL:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except OSError:
+                self.process.send_signal(sig)
+        else:
+            self.process.send_signal(sig)
         try:
             status = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+            self.kill()
             raise AssertionError('nova-error-notifier did not stop within '
                                  '%ss of %s' % (timeout, sig))
         finally:

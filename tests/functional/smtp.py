@@ -397,12 +397,7 @@ class SMTPServer(server_lifecycle.ServerLifecycle):
         Raises AssertionError, listing what did arrive, when fewer than *n*
         arrived within *timeout* seconds, or when more than *n* did.
         """
-        got = self._wait_for_count(self._messages, n, timeout)
-        if len(got) != n:
-            raise AssertionError(
-                '%r: expected %d message(s) within %ss, %d arrived: %r%s' % (
-                    self, n, timeout, len(got), got, self._error_summary()))
-        return got
+        return self._wait_for_exactly(self._messages, n, timeout, 'message')
 
     # -- failure injection ---------------------------------------------------
 

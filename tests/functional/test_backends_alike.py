@@ -4,14 +4,14 @@ What broke on MariaDB before its column types were fixed: a digest of a
 few dozen incidents overflowed TEXT (and every routing cycle rolled back),
 and single-precision times sent a first retryable failure straight to the
 dead letters ("retry deadline passed"). The same scenario on each backend,
-with a real Store, Correlator and DeliveryPool on a fresh database.
+with a real Store, Ingest, Router and DeliveryPool on a fresh database.
 """
 
 import pytest
 
 from nova_error_notifier.drivers import base
 from nova_error_notifier import outbox
-from tests.unit import test_correlate as tc
+from tests.unit import outbox_fixtures as tc
 
 
 @pytest.fixture
@@ -31,8 +31,6 @@ def backend_world(tmp_path, backend_url):
 
 def _build(tmp_path, url, extra):
     from nova_error_notifier import config
-    from nova_error_notifier import correlate
-    from nova_error_notifier import delivery
     from nova_error_notifier import opts
     from oslo_config import cfg
     path = tmp_path / 'c.conf'
@@ -54,24 +52,23 @@ def _build(tmp_path, url, extra):
     store = outbox.Store.from_conf(conf)
     store.clock = clock
     store.create_schema()
-    corr = correlate.Correlator(conf, store, settings, clock=clock)
-    pool = delivery.DeliveryPool(conf, store, settings, clock=clock)
-    return conf, store, corr, pool, clock
+    return tc.World(conf, store, *tc.stages(conf, store, settings, clock),
+                    clock)
 
 
 def test_a_digest_of_500_incidents(backend_world):
-    conf, store, corr, pool, clock = backend_world(
+    conf, store, ingest, router, pool, clock = backend_world(
         'max_alerts_per_interval = 1\ngroup_interval = 60\n'
         'digest_max_items = 500')
-    corr.add_many([tc.record(message_id='m%d' % n,
-                             request_id='req-%04d' % n,
-                             message='No valid host was found. ' * 20)
-                   for n in range(501)])
+    ingest.add_many([tc.record(message_id='m%d' % n,
+                               request_id='req-%04d' % n,
+                               message='No valid host was found. ' * 20)
+                     for n in range(501)])
     clock.now += 10
     # Routed 200 a cycle: one single alert, the rest into the digest.
-    assert [corr.route_due() for _ in range(3)] == [1, 0, 0]
+    assert [router.route_due() for _ in range(3)] == [1, 0, 0]
     clock.now += 61
-    assert corr.route_due() == 1              # then the digest
+    assert router.route_due() == 1              # then the digest
     assert tc.drain(pool) == ['sent', 'sent']
     [single, digest] = [a for _, a in tc.Recorder.calls['a']]
     assert digest.is_digest and digest.digest_count == 500
@@ -80,13 +77,13 @@ def test_a_digest_of_500_incidents(backend_world):
 
 
 def test_a_receiver_down_is_retried_until_the_deadline(backend_world):
-    conf, store, corr, pool, clock = backend_world()
+    conf, store, ingest, router, pool, clock = backend_world()
     down = base.DriverError('POST http://h/hook: ConnectTimeout',
                             retryable=True)
     tc.Recorder.failures['a'] = [down] * 1000
-    corr.add(tc.record())
+    ingest.add(tc.record())
     clock.now += 10
-    assert corr.route_due() == 1
+    assert router.route_due() == 1
     outcomes = []
     started = clock.now
     while clock.now - started < 700:

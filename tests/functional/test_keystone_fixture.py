@@ -7,13 +7,7 @@ and role assignments needs admin or a system reader.
 """
 
 from concurrent import futures
-import json
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 import uuid
 
 from keystoneauth1 import exceptions as ks_exc
@@ -22,28 +16,20 @@ from oslo_config import cfg
 import pytest
 
 try:
+    from tests.functional import fixture_checks
     from tests.functional import keystone as ks
 except ModuleNotFoundError as exc:
     if exc.name not in ('tests', 'tests.functional'):
         raise
+    import fixture_checks
     import keystone as ks
 
-REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__),
-                                         os.pardir, os.pardir))
 SYSTEM_ALL = {'system': {'all': True}}
 
 
 def _name(prefix):
     # The server lives for the whole session: names must not collide.
     return '%s-%s' % (prefix, uuid.uuid4().hex[:8])
-
-
-def _port_open(port):
-    try:
-        with socket.create_connection((ks.HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _summary(assignments):
@@ -316,13 +302,11 @@ def test_second_server_stops_without_leftovers(tmp_path):
         pids = server.processes()
         assert pids
         tmpdir, port = server.tmpdir, server.port
-        assert _port_open(port)
+        assert fixture_checks.port_open(port)
     finally:
         server.stop()
-    assert server.processes() == []
-    assert ks._marked_pids(os.path.basename(tmpdir)) == []
-    assert not os.path.exists(tmpdir)
-    assert not _port_open(port)
+    fixture_checks.assert_stopped_clean(server, ks._marked_pids, tmpdir,
+                                        port)
     server.stop()  # idempotent
 
 
@@ -331,15 +315,10 @@ def test_start_failure_reports_log_and_cleans_up(tmp_path):
     server = ks.KeystoneServer(
         base_dir=str(tmp_path),
         extra_config='[database]\nconnection = sqlite:///%s\n' % missing)
-    with pytest.raises(ks.KeystoneStartError) as info:
-        server.start()
-    report = str(info.value)
-    assert 'failed to start' in report
-    assert 'keystone-manage db_sync failed' in report
     # Keystone's own explanation is in the message.
-    assert 'unable to open database file' in report
-    assert server.processes() == []
-    assert os.listdir(str(tmp_path)) == []
+    fixture_checks.assert_start_fails_clean(
+        server, ks.KeystoneStartError, str(tmp_path),
+        'keystone-manage db_sync failed', 'unable to open database file')
 
 
 _CHILD = '''
@@ -355,34 +334,5 @@ time.sleep(600)
 
 
 def test_watchdog_cleans_up_after_the_test_process_dies(tmp_path):
-    child = subprocess.Popen(
-        [sys.executable, '-c', _CHILD, REPO_ROOT, str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    info = None
-    try:
-        line = child.stdout.readline()
-        assert line, child.stderr.read().decode('utf-8', 'replace')
-        info = json.loads(line)
-        assert info['pids'] and _port_open(info['port'])
-        child.kill()  # SIGKILL: no stop(), no atexit, nothing
-        child.wait()
-        marker = os.path.basename(info['tmpdir'])
-        deadline = time.monotonic() + 30
-        while (ks._marked_pids(marker) or os.path.exists(info['tmpdir'])):
-            assert time.monotonic() < deadline, (
-                'left over: %s, dir exists: %s' % (
-                    ks._marked_pids(marker), os.path.exists(info['tmpdir'])))
-            time.sleep(0.2)
-        # The socket may take a moment to close after its process died.
-        port_deadline = time.monotonic() + 10
-        while _port_open(info['port']) and time.monotonic() < port_deadline:
-            time.sleep(0.2)
-        assert not _port_open(info['port'])
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        child.stdout.close()
-        child.stderr.close()
-        if info:
-            ks._sweep(os.path.basename(info['tmpdir']), grace=1)
+    fixture_checks.assert_watchdog_cleans_up(
+        _CHILD, [str(tmp_path)], ks._marked_pids, ks._sweep)

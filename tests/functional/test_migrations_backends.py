@@ -79,10 +79,10 @@ def test_ids_that_a_collation_would_merge_stay_apart(backend_url, first,
                                                      second):
     store = outbox.Store(backend_url)
     store.create_schema()
-    from nova_error_notifier import correlate
+    from nova_error_notifier import ingest
     from oslo_config import cfg
     conf = cfg.ConfigOpts()
-    correlator = correlate.Correlator(conf, store, settings=None)
+    grouping = ingest.Ingest(conf, store)
     conf([], default_config_files=[])
 
     def record(message_id):
@@ -91,7 +91,7 @@ def test_ids_that_a_collation_would_merge_stay_apart(backend_url, first,
             format='legacy', message_id=message_id,
             request_id='req-' + message_id, instance_uuid=message_id,
             exception='NoValidHost')
-    ids = correlator.add_many([record(first), record(second)])
+    ids = grouping.add_many([record(first), record(second)])
     assert len(set(ids)) == 2 and None not in ids
     assert store.counts()['incidents.open'] == 2
     store.engine.dispose()

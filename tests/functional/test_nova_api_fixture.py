@@ -10,10 +10,6 @@ it, a system-scoped admin.
 from concurrent import futures
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 
 from keystoneauth1 import adapter as ks_adapter
@@ -21,14 +17,14 @@ from keystoneauth1 import exceptions as ks_exc
 import pytest
 
 try:
+    from tests.functional import fixture_checks
     from tests.functional import nova_api as na
 except ModuleNotFoundError as exc:
     if exc.name not in ('tests', 'tests.functional'):
         raise
+    import fixture_checks
     import nova_api as na
 
-REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__),
-                                         os.pardir, os.pardir))
 BUILD_EVENT = 'compute__do_build_and_run_instance'
 TRACEBACK = ('Traceback (most recent call last):\n'
              '  File "nova/compute/manager.py", line 2615, in _build\n'
@@ -45,12 +41,7 @@ def _req_id():
     return 'req-%s' % uuid.uuid4()
 
 
-def _port_open(port):
-    try:
-        with socket.create_connection((na.HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+_port_open = fixture_checks.port_open
 
 
 def _mv(version):
@@ -398,10 +389,8 @@ def test_second_server_stops_without_leftovers(keystone, tmp_path):
         assert _port_open(port)
     finally:
         server.stop()
-    assert server.processes() == []
-    assert na._marked_pids(os.path.basename(tmpdir)) == []
-    assert not os.path.exists(tmpdir)
-    assert not _port_open(port)
+    fixture_checks.assert_stopped_clean(server, na._marked_pids, tmpdir,
+                                        port)
     # Its catalog entries and service user are gone from Keystone.
     urls = [e['url'] for e in keystone.get('/endpoints')['endpoints']]
     assert not [u for u in urls if ':%d' % port in u]
@@ -415,14 +404,9 @@ def test_start_failure_reports_log_and_cleans_up(keystone, tmp_path):
     server = na.NovaAPIServer(
         keystone, base_dir=str(tmp_path),
         extra_config='[api_database]\nconnection = sqlite:///%s\n' % missing)
-    with pytest.raises(na.NovaAPIStartError) as info:
-        server.start()
-    report = str(info.value)
-    assert 'failed to start' in report
-    assert 'nova-manage api_db sync failed' in report
-    assert 'unable to open database file' in report
-    assert server.processes() == []
-    assert os.listdir(str(tmp_path)) == []
+    fixture_checks.assert_start_fails_clean(
+        server, na.NovaAPIStartError, str(tmp_path),
+        'nova-manage api_db sync failed', 'unable to open database file')
 
 
 _CHILD = '''
@@ -442,38 +426,16 @@ time.sleep(600)
 
 def test_watchdog_cleans_up_after_the_test_process_dies(
         keystone, nova_api, tmp_path):
-    child = subprocess.Popen(
-        [sys.executable, '-c', _CHILD, REPO_ROOT, str(tmp_path),
-         str(keystone.port), keystone.admin_password],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    info = None
-    try:
-        line = child.stdout.readline()
-        assert line, child.stderr.read().decode('utf-8', 'replace')
-        info = json.loads(line)
-        assert info['pids'] and _port_open(info['port'])
-        child.kill()  # SIGKILL: no stop(), no atexit, nothing
-        child.wait()
-        marker = os.path.basename(info['tmpdir'])
-        deadline = time.monotonic() + 30
-        while (na._marked_pids(marker) or os.path.exists(info['tmpdir'])):
-            assert time.monotonic() < deadline, (
-                'left over: %s, dir exists: %s' % (
-                    na._marked_pids(marker), os.path.exists(info['tmpdir'])))
-            time.sleep(0.2)
-        assert not _port_open(info['port'])
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        child.stdout.close()
-        child.stderr.close()
-        if info:
-            na._sweep(os.path.basename(info['tmpdir']), grace=1)
-            # A dead process cannot tidy Keystone: its catalog entries would
-            # shadow the session's nova-api.  Remove them here.
-            _remove_catalog_entries(keystone, os.path.basename(info['tmpdir']),
-                                    info['user_id'])
+
+    def remove_catalog_entries(info):
+        # A dead process cannot tidy Keystone: its catalog entries would
+        # shadow the session's nova-api.  Remove them here.
+        _remove_catalog_entries(keystone, os.path.basename(info['tmpdir']),
+                                info['user_id'])
+
+    fixture_checks.assert_watchdog_cleans_up(
+        _CHILD, [str(tmp_path), str(keystone.port), keystone.admin_password],
+        na._marked_pids, na._sweep, after=remove_catalog_entries)
 
 
 def _remove_catalog_entries(keystone, marker, user_id):

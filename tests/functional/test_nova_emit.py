@@ -24,7 +24,6 @@ import uuid
 from tests.functional import nova_emit
 from tests.functional import rabbitmq as rq
 from tests.functional import service_process
-from tests.functional import test_service
 
 HOSTILE_NAME = ('web\r\nBcc: evil@example.com\n=?utf-8?q?x=0D=0AX:_1?= '
                 '\u202e\u2028\x1b[31m\x00end')
@@ -237,7 +236,7 @@ def test_the_service_alerts_once_per_failure_of_nova_traffic(
         time.sleep(service_process.GROUP_WAIT + 2)
         lines = proc.alert_lines()
         assert len(lines) == len(scenarios), lines
-        alerts = [test_service.parse_alert(line) for line in lines]
+        alerts = [service_process.parse_alert(line) for line in lines]
         for result in results:
             [alert] = [a for a in alerts
                        if a['request_id'] == result['request_id']]

@@ -9,7 +9,7 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
-"""The outbox and correlation on SQLite, MariaDB and PostgreSQL.
+"""The outbox, grouping and routing on SQLite, MariaDB and PostgreSQL.
 
 Each test that asks for ``backend_url`` runs three times, each time on a
 fresh, empty database: a SQLite file, and a new database on the real
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from nova_error_notifier import outbox
 from nova_error_notifier import record as rec
 from tests import databases
-from tests.unit import test_correlate as tc
+from tests.unit import outbox_fixtures as tc
 
 world = tc.world
 
@@ -38,7 +38,7 @@ SECRET = 'S3cret-never-shown'
 
 @pytest.fixture
 def backend(world, backend_url):
-    """(conf, store, correlator, pool, clock) on the fresh database."""
+    """(conf, store, ingest, router, pool, clock) on the fresh database."""
     parts = world(extra='connection = %s' % backend_url)
     yield parts
     parts[1].engine.dispose()
@@ -99,7 +99,7 @@ def test_schema_on_a_fresh_database(backend_url):
 
 
 def test_long_ids_sharing_a_prefix_stay_two_incidents(backend):
-    conf, store, corr, pool, clock = backend
+    conf, store, ingest, router, pool, clock = backend
     base = 'x' * 255
     first = tc.record(message_id='m' + base + 'a' * 44,
                       request_id='req-' + base + 'a' * 41,
@@ -110,7 +110,7 @@ def test_long_ids_sharing_a_prefix_stay_two_incidents(backend):
     for item in (first, second):
         assert len(item.message_id) == len(item.request_id) == 300
         assert len(item.instance_uuid) == 300
-    ids = corr.add_many([first, second])
+    ids = ingest.add_many([first, second])
     assert len(set(ids)) == 2 and None not in ids
     incidents = rows(store, outbox.incidents)
     assert len(incidents) == 2
@@ -120,10 +120,10 @@ def test_long_ids_sharing_a_prefix_stay_two_incidents(backend):
     assert len({row['request_id'] for row in incidents}) == 2
     assert len(rows(store, outbox.messages)) == 2
     # A redelivery changes nothing.
-    assert corr.add_many([first, second]) == [None, None]
+    assert ingest.add_many([first, second]) == [None, None]
     assert len(rows(store, outbox.messages)) == 2
     clock.now += 10
-    assert corr.route_due() == 4
+    assert router.route_due() == 4
     alerts = delivered(pool)
     assert sorted(a.request_id for a in alerts['a']) == sorted(
         [first.request_id, second.request_id])      # the whole ids
@@ -132,17 +132,17 @@ def test_long_ids_sharing_a_prefix_stay_two_incidents(backend):
 
 
 def test_nul_bytes_in_ids_and_texts(backend):
-    conf, store, corr, pool, clock = backend
+    conf, store, ingest, router, pool, clock = backend
     odd = tc.record(message_id='m\x00', request_id='req-\x00',
                     instance='i\x00', exception='Bad\x00Error',
                     message='disk\x00full')
     other = tc.record(message_id='m\x00\x00', request_id='req-\x00\x00',
                       instance='i\x00')
-    ids = corr.add_many([odd, other])
+    ids = ingest.add_many([odd, other])
     assert len(set(ids)) == 2 and None not in ids
-    assert corr.add_many([odd]) == [None]
+    assert ingest.add_many([odd]) == [None]
     clock.now += 10
-    assert corr.route_due() == 4
+    assert router.route_due() == 4
     assert_storable(store)
     alerts = delivered(pool)
     [alert] = [a for a in alerts['a'] if a.exception == 'Bad\x00Error']
@@ -151,14 +151,14 @@ def test_nul_bytes_in_ids_and_texts(backend):
 
 
 def test_lone_surrogates(backend):
-    conf, store, corr, pool, clock = backend
+    conf, store, ingest, router, pool, clock = backend
     odd = tc.record(message_id='m-\ud800', request_id='req-\udfff',
                     instance='i-\udc80', message='bad \ud83d text')
     odd = rec.ErrorRecord(**dict(vars(odd), instance_name='web-\udcff'))
-    [incident] = corr.add_many([odd])
+    [incident] = ingest.add_many([odd])
     assert incident is not None
     clock.now += 10
-    assert corr.route_due() == 2
+    assert router.route_due() == 2
     assert_storable(store)
     alerts = delivered(pool)
     [alert] = alerts['a']
@@ -168,18 +168,18 @@ def test_lone_surrogates(backend):
 
 
 def test_a_long_message_is_kept_whole(backend):
-    conf, store, corr, pool, clock = backend
+    conf, store, ingest, router, pool, clock = backend
     text = ('\u00e9\U0001f4a5 NoValidHost: ' * 300)[:4096]
     assert len(text) == 4096
-    corr.add(tc.record(message=text))
+    ingest.add(tc.record(message=text))
     clock.now += 10
-    assert corr.route_due() == 2
+    assert router.route_due() == 2
     alerts = delivered(pool)
     assert [a.message for a in alerts['a'] + alerts['b']] == [text, text]
 
 
 def test_rejected_messages_with_hostile_values(backend):
-    conf, store, corr, pool, clock = backend
+    conf, store, ingest, router, pool, clock = backend
     base = 'k' * 255
     hostile = dict(
         reason='DataError: \x00\ud800 ' + 'r' * 5000,

@@ -9,8 +9,10 @@ import kombu
 import pytest
 
 try:
+    from tests.functional import fixture_checks
     from tests.functional import rabbitmq as rmq
 except ImportError:
+    import fixture_checks
     import rabbitmq as rmq
 
 SAMPLES = os.environ.get('NOVA_NOTIFICATION_SAMPLES', os.path.join(
@@ -222,27 +224,20 @@ def test_second_broker_stops_without_leftovers(tmp_path):
     broker.start()
     try:
         assert broker.running
-        pids = broker.processes()
-        assert len(pids) >= 3  # wrapper script, beam.smp, epmd at least
-        tmpdir = broker.tmpdir
+        # The wrapper script, beam.smp, epmd at least.
+        assert len(broker.processes()) >= 3
+        tmpdir, port = broker.tmpdir, broker.port
     finally:
         broker.stop()
-    assert broker.processes() == []
-    for pid in pids:
-        assert not os.path.exists('/proc/%d/environ' % pid) or (
-            pid not in rmq._marked_pids(os.path.basename(tmpdir)))
-    assert not os.path.exists(tmpdir)
+    fixture_checks.assert_stopped_clean(broker, rmq._marked_pids, tmpdir,
+                                        port)
     broker.stop()  # idempotent
 
 
 def test_start_failure_reports_log_and_cleans_up(tmp_path):
     broker = rmq.RabbitMQBroker(base_dir=str(tmp_path), start_timeout=60,
                                 extra_config='no_such_setting = 1')
-    with pytest.raises(rmq.RabbitMQStartError) as info:
-        broker.start()
-    report = str(info.value)
-    assert 'failed to start' in report
     # The broker's own explanation is in the message.
-    assert 'unknown variable: no_such_setting' in report
-    assert broker.processes() == []
-    assert os.listdir(str(tmp_path)) == []
+    fixture_checks.assert_start_fails_clean(
+        broker, rmq.RabbitMQStartError, str(tmp_path),
+        'unknown variable: no_such_setting')

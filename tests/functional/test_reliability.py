@@ -308,9 +308,7 @@ def services():
 
     yield start
     for proc in started:
-        if proc.process is not None and proc.process.poll() is None:
-            proc.process.kill()
-            proc.process.wait(10)
+        proc.kill()
         with contextlib.suppress(Exception):
             proc._output.close()
 

@@ -5,28 +5,9 @@ import threading
 
 from tests.functional import rabbitmq as rq
 from tests.functional import service_process
-from tests.functional import test_service
 
-
-def config(url, workdir, receiver, driver='log'):
-    return '\n'.join([
-        '[DEFAULT]', 'transport_url = %s' % url, 'rules = all',
-        '[rule:all]', 'events = *', 'receivers = %s' % receiver,
-        '[receiver:%s]' % receiver, 'driver = %s' % driver,
-        '[delivery]', 'state_dir = %s' % workdir,
-        'max_alerts_per_interval = 0',
-        '[correlation]', 'group_wait = 0.5', ''])
-
-
-def publish_error(pub, request_id):
-    pub.publish({'request_id': request_id}, 'compute.hv-1',
-                'compute.instance.create.error', 'ERROR',
-                {'instance_id': 'inst-' + request_id, 'state': 'building',
-                 'exception': "X('%s')" % request_id, 'message': 'X'})
-
-
-def alerts(proc):
-    return [test_service.parse_alert(line) for line in proc.alert_lines()]
+config = service_process.service_config
+publish_error = service_process.publish_error
 
 
 def test_reload_switches_rules_and_refuses_a_broken_file(tmp_path,
@@ -67,9 +48,7 @@ def test_reload_switches_rules_and_refuses_a_broken_file(tmp_path,
                 publish_error(pub, 'req-flow-%02d' % number)
             thread.join()
             proc.wait_for_alerts(63, timeout=60)
-        by_request = {}
-        for alert in alerts(proc):
-            by_request.setdefault(alert['request_id'], []).append(alert)
+        by_request = proc.alerts_by_request()
         assert by_request['req-before'][0]['receiver'] == 'first'
         assert by_request['req-after'][0]['receiver'] == 'second'
         assert by_request['req-refused'][0]['receiver'] == 'second'

@@ -17,18 +17,7 @@ from tests.functional import service_process
 from tests import shared_corpus
 
 POOL = 'nova-error-notifier'
-_PAIR_RE = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
-
-
-def parse_alert(line):
-    """key=value pairs of an alert line (quoted values unescaped)."""
-    body = line.split(service_process.ALERT_MARK, 1)[1]
-    pairs = {}
-    for key, value in _PAIR_RE.findall(body):
-        if value.startswith('"'):
-            value = re.sub(r'\\(.)', r'\1', value[1:-1])
-        pairs[key] = value
-    return pairs
+parse_alert = service_process.parse_alert
 
 
 def wire_entries():
@@ -74,9 +63,7 @@ def start_service(tmp_path):
 
     yield _start
     for proc in processes:
-        if proc.process is not None and proc.process.poll() is None:
-            proc.process.kill()
-            proc.process.wait(10)
+        proc.kill()
 
 
 def test_every_nova_error_becomes_one_alert_line(rabbitmq_vhost,
@@ -217,6 +204,10 @@ def test_malformed_messages_are_dropped_and_the_service_keeps_running(
                        'bad-event-type', 'bad-priority'):
         assert re.search(r'Dropped .*message_id=%s' % message_id, log), \
             message_id
+    # bad-priority: oslo.messaging's own dispatcher cannot read it; the
+    # listener's guard takes it out of its batch (listener.py).
+    assert 'Exception during messages handling' not in log
+    assert 'could not dispatch a batch' not in log
     # The huge and deep ones are errors with bounded fields, or dropped:
     # either way a line names them and nothing else broke.
     assert 'i-huge' in log

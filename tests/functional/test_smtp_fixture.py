@@ -7,17 +7,18 @@ e-mail driver uses.
 from email.message import EmailMessage
 import os
 import smtplib
-import socket
 import ssl
 import threading
 
 import pytest
 
 try:
+    from tests.functional import procutil
     from tests.functional import smtp as smtp_helpers
 except ModuleNotFoundError as exc:
     if exc.name not in ('tests', 'tests.functional'):
         raise  # aiosmtpd or cryptography missing: say so
+    import procutil
     import smtp as smtp_helpers
 
 SENDER = 'nova-errors@example.org'
@@ -47,12 +48,7 @@ def _secure(client, server):
         client.starttls(context=server.client_context())
 
 
-def _port_closed(port):
-    try:
-        with socket.create_connection(('127.0.0.1', port), timeout=2):
-            return False
-    except ConnectionRefusedError:
-        return True
+_port_closed = procutil.port_refused
 
 
 # -- plain, STARTTLS, implicit TLS -----------------------------------------

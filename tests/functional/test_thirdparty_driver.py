@@ -167,9 +167,7 @@ def start_service(tmp_path):
 
     yield _start
     for proc in processes:
-        if proc.process is not None and proc.process.poll() is None:
-            proc.process.kill()
-            proc.process.wait(10)
+        proc.kill()
 
 
 # -- the tests ---------------------------------------------------------------

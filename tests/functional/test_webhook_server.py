@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import os
-import socket
 import ssl
 import threading
 import time
@@ -22,10 +21,12 @@ import pytest
 import requests
 
 try:
+    from tests.functional import procutil
     from tests.functional import webhook_server as webhook_helpers
 except ModuleNotFoundError as exc:
     if exc.name not in ('tests', 'tests.functional'):
         raise  # jsonschema, aiosmtpd or cryptography missing: say so
+    import procutil
     import webhook_server as webhook_helpers
 
 SECRET = 'correct horse battery staple'
@@ -92,12 +93,7 @@ def _post(http, server, body, headers, **kwargs):
     return http.post(server.url, data=body, headers=headers, **kwargs)
 
 
-def _port_closed(port):
-    try:
-        with socket.create_connection(('127.0.0.1', port), timeout=2):
-            return False
-    except ConnectionRefusedError:
-        return True
+_port_closed = procutil.port_refused
 
 
 # -- signatures --------------------------------------------------------------

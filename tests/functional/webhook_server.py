@@ -436,14 +436,9 @@ class WebhookServer(server_lifecycle.ServerLifecycle):
         Raises AssertionError, listing what did arrive, when fewer than *n*
         arrived within *timeout* seconds, or when more than *n* did.
         """
-        got = self._wait_for_count(self._requests, n, timeout)
-        if len(got) != n:
-            raise AssertionError(
-                '%r: expected %d request(s) within %ss, %d arrived: %s%s' % (
-                    self, n, timeout, len(got),
-                    ''.join('\n  %r' % r for r in got) or '[]',
-                    self._error_summary()))
-        return got
+        return self._wait_for_exactly(
+            self._requests, n, timeout, 'request',
+            lambda got: ''.join('\n  %r' % r for r in got) or '[]')
 
     # -- failure injection ----------------------------------------------------
 

@@ -3,7 +3,11 @@
 import json
 import time
 
+import pytest
+
 from nova_error_notifier.cmd import manage
+from nova_error_notifier.drivers import base as driver_base
+from nova_error_notifier.drivers import log as log_driver
 from nova_error_notifier import outbox
 from tests import shared_corpus
 
@@ -93,6 +97,28 @@ def test_send_test_to_an_unknown_receiver(tmp_path, capsys):
                        ['send-test', '--receiver', 'nope']) == 1
     assert "receiver 'nope' has no [receiver:nope] section" in \
         capsys.readouterr().out
+
+
+@pytest.mark.parametrize('error,expected', [
+    (driver_base.DriverError('POST http://u:Pw-Never-Shown@h/x?token=Tk-9 '
+                             'answered HTTP 400\nFORGED', retryable=False),
+     'retryable=False: POST http://u:***@h/x?token=*** answered HTTP '
+     '400\\nFORGED'),
+    (RuntimeError('broken at http://u:Pw-Never-Shown@h/'),
+     'retryable=True: RuntimeError: broken at http://u:***@h/'),
+])
+def test_send_test_reports_a_failure_without_secrets(tmp_path, capsys,
+                                                     monkeypatch, error,
+                                                     expected):
+    def notify(self, alert):
+        raise error
+    monkeypatch.setattr(log_driver.LogDriver, 'notify', notify)
+    assert manage.main(write(tmp_path, GOOD) +
+                       ['send-test', '--receiver', 'ops']) == 1
+    out = capsys.readouterr().out
+    [line] = [ln for ln in out.splitlines() if ln.startswith('FAILED')]
+    assert line == 'FAILED: receiver ops (driver log), %s' % expected
+    assert 'Pw-Never-Shown' not in out and 'Tk-9' not in out
 
 
 # -- everything printed is escaped -------------------------------------------

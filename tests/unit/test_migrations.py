@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from nova_error_notifier import migration
 from nova_error_notifier import outbox
-from tests.unit import test_correlate as tc
+from tests.unit import outbox_fixtures as tc
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures',
                        'outbox-before-migrations.sql')
@@ -102,7 +102,7 @@ def test_a_development_build_with_rejected_messages_is_upgraded(tmp_path):
 
 def test_the_upgraded_database_delivers_what_was_pending(tmp_path, world):
     old_database(str(tmp_path / 'nova_error_notifier.sqlite'))
-    conf, store, corr, pool, clock = world(receivers=('oncall',))
+    conf, store, ingest, router, pool, clock = world(receivers=('oncall',))
     clock.now = 1790000000.0 + 60
     assert tc.drain(pool) == ['sent']
     [(outcome, alert)] = tc.Recorder.calls['oncall']
@@ -110,9 +110,9 @@ def test_the_upgraded_database_delivers_what_was_pending(tmp_path, world):
         'NoValidHost'
     # And it takes new work: the incident that was open before the upgrade
     # and a new one are routed.
-    corr.add(tc.record())
+    ingest.add(tc.record())
     clock.now += 10
-    assert corr.route_due() == 2
+    assert router.route_due() == 2
     assert {a.request_id for _, a in tc.Recorder.calls['oncall']} == {
         'req-6a0c5f2e-0000-4000-8000-000000000001'}
     assert len(tc.drain(pool)) == 2

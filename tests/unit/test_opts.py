@@ -28,16 +28,16 @@ ETC = os.path.join(ROOT, 'etc', 'nova_error_notifier')
 SAMPLE = os.path.join(ETC, 'nova_error_notifier.conf.sample')
 GENERATOR_CONF = os.path.join(ETC,
                               'nova_error_notifier-config-generator.conf')
-OUR_GROUPS = ('listener', 'receiver:<name>', 'rule:<name>')
+OUR_GROUPS = ('listener', 'receiver:<name>', 'rule:<name>', 'bus:<name>')
 
 
 def test_list_opts_groups_and_help():
     groups = opts.list_opts()
     names = [group for group, _ in groups]
     assert sorted(names, key=str) == sorted(
-        [None, 'listener', 'receiver:<name>', 'rule:<name>', 'email',
-         'staff', 'service_credentials', 'correlation', 'delivery', 'database',
-         'enrichment'],
+        [None, 'listener', 'bus:<name>', 'receiver:<name>', 'rule:<name>',
+         'email', 'staff', 'service_credentials', 'correlation', 'delivery',
+         'database', 'enrichment'],
         key=str)
     assert len(names) == len(set(names))
     for group, options in groups:
@@ -63,6 +63,9 @@ def test_expected_options_are_listed():
             'url', 'secret', 'headers', 'body_template'} <= listed[
         'receiver:<name>']
     assert 'region_name' in listed[None]
+    assert 'region_name' in listed['listener']
+    assert {'transport_url', 'region_name', 'pool', 'exchange',
+            'topics'} == listed['bus:<name>']
     assert {'smtp_host', 'smtp_password', 'from_address'} <= listed['email']
     assert {'role', 'project', 'cache_ttl'} <= listed['staff']
 

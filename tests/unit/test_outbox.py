@@ -6,9 +6,12 @@ import stat
 import pytest
 import sqlalchemy as sa
 
+from nova_error_notifier.drivers import base as driver_base
 from nova_error_notifier import outbox
 from nova_error_notifier import record as rec
-from tests.unit import test_correlate as tc
+from tests.unit import outbox_fixtures as fx
+
+world = fx.world
 
 
 def mode(path):
@@ -191,75 +194,240 @@ class TestDescribe:
 
 
 def test_long_ids_make_distinct_incidents(world):
-    conf, store, corr, pool, clock = world()
+    conf, store, ingest, router, pool, clock = world()
     base = 'x' * 300
-    first = tc.record(message_id=base + '1', request_id='req-' + base + '1',
+    first = fx.record(message_id=base + '1', request_id='req-' + base + '1',
                       instance=base + '1')
-    second = tc.record(message_id=base + '2', request_id='req-' + base + '2',
+    second = fx.record(message_id=base + '2', request_id='req-' + base + '2',
                        instance=base + '2')
-    ids = corr.add_many([first, second])
+    ids = ingest.add_many([first, second])
     assert len(set(ids)) == 2 and None not in ids
-    for row in tc.rows(store, 'incidents'):
+    for row in fx.rows(store, 'incidents'):
         assert len(row['key']) <= 255
         assert len(row['request_id']) <= 255
         assert len(row['instance_uuid']) <= 255
     # Each is a message of its own, and a redelivery changes nothing.
-    assert corr.add_many([first, second]) == [None, None]
+    assert ingest.add_many([first, second]) == [None, None]
     clock.now += 10
-    assert corr.route_due() == 4
+    assert router.route_due() == 4
 
 
 def test_ids_with_nul_bytes_fit(world):
-    conf, store, corr, pool, clock = world()
-    odd = tc.record(message_id='m\x00', request_id='req-\x00',
+    conf, store, ingest, router, pool, clock = world()
+    odd = fx.record(message_id='m\x00', request_id='req-\x00',
                     instance='i\x00')
-    [incident] = corr.add_many([odd])
+    [incident] = ingest.add_many([odd])
     assert incident is not None
-    [row] = tc.rows(store, 'incidents')
+    [row] = fx.rows(store, 'incidents')
     assert '\x00' not in row['key'] and '\x00' not in row['request_id']
 
 
-world = tc.world
-
-
-def _one_delivery(world):
-    conf, store, corr, pool, clock = world(receivers=('a',))
-    corr.add(tc.record())
+def test_purge_keeps_open_and_dead_work(world):
+    conf, store, ingest, router, pool, clock = world(receivers=('a',))
+    fx.Recorder.failures['a'] = [None, driver_base.DriverError(
+        'no', retryable=False)]
+    ingest.add(fx.record(message_id='p1', request_id='req-p1'))
+    ingest.add(fx.record(message_id='p2', request_id='req-p2'))
     clock.now += 10
-    assert corr.route_due() == 1
-    return conf, store, corr, pool, clock
+    router.route_due()
+    fx.drain(pool)
+    clock.now += 100
+    ingest.add(fx.record(message_id='p3', request_id='req-p3'))  # open
+    counts = store.purge(50)
+    assert counts['messages'] == 2
+    assert counts['deliveries'] == 1            # the done one
+    assert counts['incidents'] == 1             # its incident
+    states = sorted(r['state'] for r in fx.rows(store, 'incidents'))
+    assert states == ['open', 'routed']         # the dead one stays
+    assert len(fx.rows(store, 'dead_letters')) == 1
 
 
-def test_an_alert_that_cannot_be_read_is_dead_after_one_attempt(world):
-    conf, store, corr, pool, clock = _one_delivery(world)
-    store.write(lambda conn: conn.execute(outbox.deliveries.update().values(
-        alert='{"not": "an alert"')))
-    row = pool.claim()
-    assert pool.deliver(row) == 'dead'
-    [dead] = store.dead()
-    assert 'cannot be read' in dead['reason']
-    assert tc.rows(store, 'deliveries')[0]['state'] == 'dead'
+# -- the named statements of the stages -------------------------------------
+
+def incident(incident_id='i1', key='k1', request_id='req-1', instance='u1',
+             count=1, due_at=10.0, records='[]'):
+    return {'id': incident_id, 'key': key, 'request_id': request_id,
+            'instance_uuid': instance, 'state': 'open', 'records': records,
+            'message_count': count, 'resolved': False, 'opened_at': 1.0,
+            'updated_at': 1.0, 'due_at': due_at}
 
 
-def test_a_failing_enrichment_counts_as_an_attempt(world):
-    conf, store, corr, pool, clock = _one_delivery(world)
+class TestTransaction:
 
-    class Broken:
-        def enrich(self, alert):
-            raise RuntimeError('enricher bug')
-    pool.enricher = Broken()
-    row = pool.claim()
-    assert pool.deliver(row) == 'retry'
-    [delivery] = tc.rows(store, 'deliveries')
-    assert delivery['state'] == 'pending' and delivery['attempts'] == 1
-    assert 'enricher bug' in delivery['last_error']
-    assert delivery['claimed_by'] is None
+    @pytest.fixture
+    def store(self, tmp_path):
+        store = outbox.Store('sqlite:///%s' % (tmp_path / 'o.sqlite'))
+        store.create_schema()
+        yield store
+        store.engine.dispose()
 
+    def test_write_and_read_hand_a_transaction(self, store):
+        assert isinstance(store.write(lambda tx: tx), outbox.Transaction)
+        assert store.read(lambda tx: tx.store) is store
+        assert store.read(lambda tx: tx.execute(sa.text('SELECT 1'))
+                          .scalar()) == 1
 
-def test_an_unexpected_failure_hands_the_claim_back(world, monkeypatch):
-    conf, store, corr, pool, clock = _one_delivery(world)
-    row = pool.claim()
-    pool._release(row)
-    [delivery] = tc.rows(store, 'deliveries')
-    assert delivery['state'] == 'pending' and delivery['attempts'] == 1
-    assert delivery['claimed_by'] is None
+    def test_seen_message_ids_over_several_chunks(self, store):
+        keys = ['m%d' % n for n in range(1203)]
+        store.write(lambda tx: tx.insert_messages([
+            {'message_id': k, 'incident_id': 'i1', 'received_at': 1.0}
+            for k in keys[::2]]))
+        store.write(lambda tx: tx.insert_messages([]))     # nothing
+        assert store.read(lambda tx: tx.seen_message_ids(keys)) == set(
+            keys[::2])
+        assert store.read(lambda tx: tx.seen_message_ids([])) == set()
+
+    def test_incidents_by_key_and_by_request(self, store):
+        store.write(lambda tx: tx.insert_incidents([
+            incident('i1', 'k1'), incident('i2', 'k2', instance=None),
+            incident('i3', 'k3'), incident('i4', 'k4', request_id='req-2')]))
+        store.write(lambda tx: tx.insert_incidents([]))    # nothing
+        assert store.read(lambda tx: tx.incident_by_key('k2')).id == 'i2'
+        assert store.read(lambda tx: tx.incident_by_key('none')) is None
+        assert len(store.read(lambda tx: tx.incidents_of_request(
+            'req-1'))) == 2                                 # two at most
+        others = store.read(lambda tx: tx.other_incidents_of_request(
+            'req-1', 'i1'))
+        assert sorted(r.id for r in others) == ['i2', 'i3']
+
+    def test_update_incident_is_a_compare_and_swap(self, store):
+        store.write(lambda tx: tx.insert_incidents([incident(count=2)]))
+
+        def update(old_count):
+            return store.write(lambda tx: tx.update_incident(
+                'i1', old_count, 'k1b', 'u2', '[{"a": 1}]', old_count + 1,
+                True, 5.0))
+        assert update(1) is False                  # changed meanwhile
+        assert update(2) is True
+        row = store.read(lambda tx: tx.incident_by_key('k1b'))
+        assert (row.instance_uuid, row.message_count, row.resolved,
+                row.updated_at) == ('u2', 3, True, 5.0)
+        assert outbox.loads(row.records) == [{'a': 1}]
+
+    def test_open_incidents_of_instances_are_resolved(self, store):
+        rows = [incident('i%d' % n, 'k%d' % n, instance='u%d' % n)
+                for n in range(1100)]
+        store.write(lambda tx: tx.insert_incidents(rows))
+        store.write(lambda tx: tx.finish_incident('i1', 'routed', None, 2.0))
+        found = store.read(lambda tx: tx.open_incidents_of_instances(
+            ['u%d' % n for n in range(0, 1100, 2)] + ['u1', 'none']))
+        assert len(found) == 550
+        assert {tuple(r) for r in found} >= {('i0', 'u0', 'req-1')}
+        store.write(lambda tx: tx.resolve_open_incidents(['i0', 'i1']))
+        resolved = {r['id'] for r in fx.rows(store, 'incidents')
+                    if r['resolved']}
+        assert resolved == {'i0'}                  # i1 is not open
+
+    def test_due_incidents_finish_merge_and_next_due(self, store):
+        store.write(lambda tx: tx.insert_incidents([
+            incident('i1', 'k1', due_at=30.0), incident('i2', 'k2',
+                                                        due_at=20.0),
+            incident('i3', 'k3', due_at=50.0)]))
+        due = store.read(lambda tx: tx.due_incidents(30.0, 10))
+        assert [r.id for r in due] == ['i2', 'i1']
+        assert [r.id for r in store.read(
+            lambda tx: tx.due_incidents(30.0, 1))] == ['i2']
+        assert store.read(lambda tx: tx.next_due_times()) == (20.0, None)
+        assert store.write(lambda tx: tx.finish_incident(
+            'i2', 'merged', 'into i1', 3.0))
+        assert not store.write(lambda tx: tx.finish_incident(
+            'i2', 'routed', None, 4.0))            # not open any more
+        assert not store.write(lambda tx: tx.merge_into_incident(
+            'i1', 5, '[1, 2]', 6, 4.0))
+        assert store.write(lambda tx: tx.merge_into_incident(
+            'i1', 1, '[1, 2]', 2, 4.0))
+        row = store.read(lambda tx: tx.incident_by_key('k1'))
+        assert (row.message_count, row.records, row.updated_at) == (
+            2, '[1, 2]', 4.0)
+        [merged] = [r for r in fx.rows(store, 'incidents')
+                    if r['id'] == 'i2']
+        assert (merged['state'], merged['note']) == ('merged', 'into i1')
+        assert store.read(lambda tx: tx.next_due_times()) == (30.0, None)
+
+    def test_digests(self, store):
+        assert store.read(lambda tx: tx.collecting_digest('a')) is None
+        store.write(lambda tx: tx.open_digest('d1', 'a', 'r', '[1]', 10.0,
+                                              70.0))
+        row = store.read(lambda tx: tx.collecting_digest('a'))
+        assert (row.id, row.count) == ('d1', 1)
+        assert store.read(lambda tx: tx.collecting_digest('b')) is None
+        store.write(lambda tx: tx.add_to_digest('d1', '[1, 2]'))
+        store.write(lambda tx: tx.count_in_digest('d1'))
+        assert store.read(lambda tx: tx.digest_members('d1')) == '[1, 2]'
+        assert store.read(lambda tx: tx.collecting_digest('a')).count == 3
+        assert store.read(lambda tx: tx.next_due_times()) == (None, 70.0)
+        assert store.read(lambda tx: tx.due_digests(69.0)) == []
+        [due] = store.read(lambda tx: tx.due_digests(70.0))
+        assert (due.id, due.receiver, due.rule, due.count) == (
+            'd1', 'a', 'r', 3)
+        store.write(lambda tx: tx.close_digest('d1'))
+        assert store.read(lambda tx: tx.due_digests(70.0)) == []
+        assert store.read(lambda tx: tx.collecting_digest('a')) is None
+
+    def test_deliveries_once_per_receiver(self, store):
+        def work(tx):
+            first = tx.insert_delivery_once('i1', 'a', 'r', 'single', '{}',
+                                            5.0)
+            again = tx.insert_delivery_once('i1', 'a', 'r', 'single', '{}',
+                                            6.0)
+            other = tx.insert_delivery_once('i1', 'b', 'r', 'single', '{}',
+                                            6.0)
+            return first, again, other
+        # The refused one leaves the transaction going on.
+        assert store.write(work) == (True, False, True)
+        assert store.read(lambda tx: tx.delivery_exists('i1', 'a'))
+        assert not store.read(lambda tx: tx.delivery_exists('i1', 'c'))
+        assert store.read(lambda tx: tx.singles_sent_since('a', 5.0)) == 1
+        assert store.read(lambda tx: tx.singles_sent_since('a', 5.5)) == 0
+        store.write(lambda tx: tx.insert_delivery('d1', 'a', None, 'digest',
+                                                  '{}', 7.0))
+        assert store.read(lambda tx: tx.singles_sent_since('a', 0.0)) == 1
+        with pytest.raises(outbox.StoreError) as info:
+            store.write(lambda tx: tx.insert_delivery(
+                'i1', 'a', 'r', 'single', '{}', 8.0))
+        assert info.value.retryable
+        [row] = [r for r in fx.rows(store, 'deliveries')
+                 if r['receiver'] == 'b']
+        assert (row['state'], row['attempts'], row['created_at'],
+                row['next_attempt_at']) == ('pending', 0, 6.0, 6.0)
+
+    def test_claims_outcomes_and_hand_backs(self, store, tmp_path):
+        other = outbox.Store(store.url)
+        for incident_id, due in (('i1', 5.0), ('i2', 5.0), ('i3', 50.0)):
+            store.write(lambda tx: tx.insert_delivery(
+                incident_id, 'a', 'r', 'single', '{}', due))
+        first = store.write(lambda tx: tx.claim_delivery(10.0, 130.0))
+        assert (first.incident_id, first.state) == ('i1', 'pending')
+        second = other.write(lambda tx: tx.claim_delivery(10.0, 20.0))
+        assert second.incident_id == 'i2'
+        assert store.write(lambda tx: tx.claim_delivery(10.0, 130.0)) is None
+        # Only the owner of a claim records its outcome.
+        assert not other.write(lambda tx: tx.update_claimed_delivery(
+            first.id, state='done'))
+        assert store.write(lambda tx: tx.update_claimed_delivery(
+            first.id, state='dead', attempts=1, claimed_by=None,
+            claimed_until=None, finished_at=11.0, last_error='no'))
+        assert not store.write(lambda tx: tx.update_claimed_delivery(
+            first.id, state='done'))           # not in flight any more
+        store.write(lambda tx: tx.add_dead_letter(first.id, 'i1', 'a', 'no',
+                                                  11.0))
+        [dead] = store.dead()
+        assert (dead['delivery_id'], dead['reason']) == (first.id, 'no')
+        # Claims that ran out go back; all of them when asked.
+        assert store.write(lambda tx: tx.hand_back_claims(15.0)) == 0
+        assert store.write(lambda tx: tx.hand_back_claims(25.0)) == 1
+        [back] = [r for r in fx.rows(store, 'deliveries')
+                  if r['incident_id'] == 'i2']
+        assert (back['state'], back['claimed_by'], back['claimed_until'],
+                back['next_attempt_at']) == ('pending', None, None, 25.0)
+        assert store.write(lambda tx: tx.claim_delivery(25.0, 99.0))
+        assert store.write(lambda tx: tx.hand_back_claims(
+            26.0, all_owners=True)) == 1
+        other.engine.dispose()
+
+    def test_a_lease_through_the_transaction(self, store):
+        other = outbox.Store(store.url)
+        store.clock = other.clock = lambda: 100.0
+        assert store.write(lambda tx: tx.take_lease('router', 10))
+        assert not other.write(lambda tx: tx.take_lease('router', 10))
+        other.engine.dispose()

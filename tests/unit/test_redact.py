@@ -46,3 +46,75 @@ def test_log_filter_covers_other_libraries(caplog):
         handler.removeFilter(scrubber)
     assert 'Db-Pw-1' not in caplog.text and 'Key-Pw-2' not in caplog.text
     assert 'does not contain a driver' in caplog.text
+
+
+def test_a_traceback_is_masked_too():
+    import io
+    import logging
+    from oslo_config import cfg
+    from oslo_log import formatters
+    from oslo_log import log as oslo_log
+
+    from nova_error_notifier import redact as redact_mod
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    conf = cfg.ConfigOpts()
+    oslo_log.register_options(conf)
+    conf([], default_config_files=[])
+    # oslo.log's formatter formats the traceback anew from exc_info.
+    handler.setFormatter(formatters.ContextFormatter(config=conf))
+    handler.addFilter(redact_mod.LogFilter(['hunter2-secret']))
+    logger = logging.getLogger('nen-test-traceback')
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        # (Built apart: a traceback quotes the line that raised.)
+        url = 'rabbit://nen:%s@ctl:5672/' % 'pw-in-url'
+        try:
+            raise RuntimeError('cannot reach %s with %s' % (
+                url, 'hunter2-secret'))
+        except RuntimeError:
+            logger.exception('Delivery failed')
+    finally:
+        logger.removeHandler(handler)
+    output = stream.getvalue()
+    assert 'Traceback' in output and 'RuntimeError' in output
+    assert 'pw-in-url' not in output and 'hunter2-secret' not in output
+
+
+def test_the_summary_of_a_handled_exception_is_masked():
+    """oslo.log appends the exception being handled to WARNING lines."""
+    import io
+    import logging
+    from oslo_config import cfg
+    from oslo_log import formatters
+    from oslo_log import log as oslo_log
+
+    from nova_error_notifier import redact as redact_mod
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    conf = cfg.ConfigOpts()
+    oslo_log.register_options(conf)
+    conf([], default_config_files=[])
+    handler.setFormatter(formatters.ContextFormatter(config=conf))
+    handler.addFilter(redact_mod.LogFilter(['hunter2-secret']))
+    logger = logging.getLogger('nen-test-summary')
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        try:
+            raise OSError('login %s refused' % 'hunter2-secret')
+        except OSError:
+            logger.warning('Could not deliver')
+        try:
+            try:
+                raise OSError('inner %s' % 'hunter2-secret')
+            except OSError:
+                raise RuntimeError('outer') from None
+        except RuntimeError:
+            logger.exception('Chained')
+    finally:
+        logger.removeHandler(handler)
+    output = stream.getvalue()
+    assert 'Could not deliver' in output and 'login *** refused' in output
+    assert 'hunter2-secret' not in output

@@ -14,6 +14,7 @@ from nova_error_notifier import alert as alert_mod
 from nova_error_notifier import config
 from nova_error_notifier.drivers import base
 from nova_error_notifier.drivers import webhook
+from nova_error_notifier import formatting
 from nova_error_notifier import opts
 from nova_error_notifier import record as rec
 from tests.unit import test_email as email_tests
@@ -202,7 +203,8 @@ def template_driver(tmp_path, text, check=True):
     driver = driver_of(load(tmp_path, extra='body_template = %s'
                             % template))
     template.write_text(text)
-    driver._template = driver._load_template(str(template))
+    driver._template = formatting.load_template(str(template),
+                                                formatting.JSON)
     return driver
 
 
@@ -291,13 +293,13 @@ def test_check_config_refuses_naive_templates(tmp_path, text, expected):
     assert 'body_template' in problems and expected in problems, problems
     assert 'receiver:hook' in problems
     # The problem says where the body broke, never what it held.
-    assert webhook.HOSTILE_MARK not in problems.split('becomes a key')[0]
+    assert formatting.HOSTILE_MARK not in problems.split('becomes a key')[0]
 
 
 def test_check_config_names_the_hostile_alert(tmp_path):
     # Fine with the plain sample, broken by a long hostile name.
-    assert len(webhook.HOSTILE_TEXT) > 60 > len(alert_mod.sample().
-                                                instance_name)
+    assert len(formatting.HOSTILE_TEXT) > 60 > len(
+        alert_mod.sample().instance_name)
     problems = check_problems(tmp_path, (
         '{% if alert.instance.name | length > 60 %}'
         '{"a": {{ alert.instance.name }}}{% else %}{"a": 1}{% endif %}'))
@@ -320,7 +322,7 @@ def test_refused_body_is_not_retryable_and_sends_nothing(tmp_path):
 
 
 def test_hostile_sample_is_hostile_everywhere():
-    sample = webhook.hostile_sample('hook')
+    sample = formatting.hostile_sample('hook')
     document = webhook.body_document([sample], 'hook', None)
     alert = document['alerts'][0]
     for value in (alert['instance']['name'], alert['error']['message'],
@@ -328,18 +330,10 @@ def test_hostile_sample_is_hostile_everywhere():
                   alert['event_types'][0], alert['project_name'],
                   alert['fault']['message'],
                   alert['action']['events'][0]['details']):
-        assert value == webhook.HOSTILE_TEXT
+        assert value == formatting.HOSTILE_TEXT
     for char in '"\\{}[],:\n\r\x00\u2028\u202e':
-        assert char in webhook.HOSTILE_TEXT
+        assert char in formatting.HOSTILE_TEXT
     schema_validator().validate(document)
-
-
-def test_json_string_content_escapes_what_could_break_out():
-    text = webhook.json_string_content('a"b\\c{d}e[f]g,h:i\nj\u202ek \u00e9')
-    assert text == ('a\\u0022b\\u005cc\\u007bd\\u007de\\u005bf\\u005dg'
-                    '\\u002ch\\u003ai\\u000aj\\u202ek \u00e9')
-    assert not set(text) & set('"{}[],:\n')
-    assert json.loads('"%s"' % text) == 'a"b\\c{d}e[f]g,h:i\nj\u202ek \u00e9'
 
 
 # -- secrets never leave the driver ------------------------------------------

@@ -56,10 +56,11 @@ READY_TIMEOUT = 180.0
 class Contestant:
     """The processes of one contestant and how to read its progress."""
 
-    def __init__(self, label, backend, replicas):
+    def __init__(self, label, backend, replicas, workers=1):
         self.label = label
         self.backend = backend
         self.replicas = replicas
+        self.workers = workers
         self.processes = []
         self.services = []
         self.engine = None
@@ -67,6 +68,10 @@ class Contestant:
 
     @property
     def pids(self):
+        """Every process: a service's supervisor and its workers."""
+        if self.services:
+            return [pid for service in self.services
+                    for pid in service.pids()]
         return [p.pid for p in self.processes]
 
 
@@ -155,14 +160,17 @@ class DatabasePhase:
         contestant.processes.append(process)
         return contestant
 
-    def start_services(self, url, backend, replicas, database_url):
+    def start_services(self, url, backend, replicas, database_url,
+                       workers=1):
         label = '%s x%d' % (backend, replicas)
-        contestant = Contestant(label, backend, replicas)
+        contestant = Contestant(label, backend, replicas, workers)
         rules = [('all', {'events': '*', 'receivers': 'ops_log'})]
         config = self.bench.service_config(
             url, POOL, '@STATE_DIR@', rules, self.bench.log_receiver())
         if database_url:
             config += '\n[database]\nconnection = %s\n' % database_url
+        if workers != 1:
+            config += '\n[listener]\nworkers = %d\n' % workers
         for number in range(replicas):
             service = self.bench.start_service(
                 'db-%s-%d' % (backend, number + 1), config)
@@ -172,7 +180,11 @@ class DatabasePhase:
                 database_url = 'sqlite:///%s' % os.path.join(
                     service.workdir, 'nova_error_notifier.sqlite')
         for service in contestant.services:
-            self.bench.wait_listening(service, timeout=READY_TIMEOUT)
+            try:
+                service.wait_for('Listening to ', count=workers,
+                                 timeout=READY_TIMEOUT)
+            except AssertionError as exc:
+                raise self.run.BenchError(str(exc))
         contestant.engine = sa.create_engine(
             database_url, poolclass=sa.pool.NullPool,
             isolation_level='AUTOCOMMIT')
@@ -286,14 +298,14 @@ class DatabasePhase:
                     process.kill()
                     process.wait(10)
 
-    def services(self, backend, replicas):
+    def services(self, backend, replicas, workers=1):
         @contextlib.contextmanager
         def factory(url):
             with self.database(backend) as database_url:
                 if database_url:
                     self.db_sync(url, database_url)
                 contestant = self.start_services(url, backend, replicas,
-                                                 database_url)
+                                                 database_url, workers)
                 try:
                     yield contestant
                 finally:
@@ -305,13 +317,17 @@ class DatabasePhase:
     # -- the phase ---------------------------------------------------------
 
     def contestants(self):
+        """(key, backend, replicas, listener workers) of each contestant."""
         backends = self.args.db_backends
-        order = [('noop', None, 1)]
-        order += [(b, b, 1) for b in backends]
+        order = [('noop', None, 1, 1)]
+        order += [(b, b, 1, 1) for b in backends]
         if self.args.db_replicas > 1:
             order += [('%s x%d' % (b, self.args.db_replicas), b,
-                       self.args.db_replicas)
+                       self.args.db_replicas, 1)
                       for b in backends if b != 'sqlite']
+        if self.args.db_workers > 1:
+            order.append(('%s w%d' % (backends[0], self.args.db_workers),
+                          backends[0], 1, self.args.db_workers))
         return order
 
     def measure(self, stream):
@@ -323,23 +339,23 @@ class DatabasePhase:
             if number % 2 == 0:
                 order.reverse()
             figures = {}
-            for key, backend, replicas in order:
+            for key, backend, replicas, workers in order:
                 if backend is None:
                     factory = (lambda url: self.noop(url, stream))
                 else:
-                    factory = self.services(backend, replicas)
+                    factory = self.services(backend, replicas, workers)
                 figures[key] = self.gated(factory, stream, key)
-            rounds.append({'order': [key for key, _, _ in order],
+            rounds.append({'order': [c[0] for c in order],
                            'figures': figures})
             print('  round %d/%d: %s' % (number, args.db_pairs, ', '.join(
-                '%s %.0f' % (key, figures[key]['rate'])
-                for key, _, _ in self.contestants())))
+                '%s %.0f' % (c[0], figures[c[0]]['rate'])
+                for c in self.contestants())))
             sys.stdout.flush()
         self.report(rounds, stream)
 
     def report(self, rounds, stream):
         run = self.run
-        keys = [key for key, _, _ in self.contestants()]
+        keys = [c[0] for c in self.contestants()]
         replicas = self.args.db_replicas
 
         def ratio(round_, top, bottom):
@@ -372,6 +388,18 @@ class DatabasePhase:
                 results['replicas_ratio_%s' % backend] = round(value, 3)
                 notes.append('%d replicas / one on %s: %.3f'
                              % (replicas, backend, value))
+        first = self.args.db_backends[0]
+        results['service_ratio_%s' % first] = round(statistics.median(
+            ratio(r, first, 'noop') for r in rounds), 3)
+        notes.append('one service process (%s) / no-op batch: %.3f'
+                     % (first, results['service_ratio_%s' % first]))
+        several = '%s w%d' % (first, self.args.db_workers)
+        if several in keys:
+            value = statistics.median(ratio(r, several, 'noop')
+                                      for r in rounds)
+            results['workers_ratio'] = round(value, 3)
+            notes.append('[listener] workers = %d (%s) / no-op batch: %.3f'
+                         % (self.args.db_workers, first, value))
         checks = []
         for round_ in rounds:
             for key in keys:

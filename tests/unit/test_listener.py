@@ -9,17 +9,19 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
-"""The service's batch dispatcher: one outbox write per batch, bad input
-dropped message by message, requeues only for what was not stored."""
+"""The listener's batch endpoint behind oslo.messaging's own batch
+dispatcher: one outbox write per call, bad input dropped message by
+message, requeues only when something could not be stored."""
 
 import logging
 
 from oslo_config import cfg
 import oslo_messaging
+from oslo_messaging.notify import dispatcher as oslo_dispatcher
 import pytest
 
-from nova_error_notifier.endpoints import base as endpoint_base
 from nova_error_notifier.endpoints import versioned
+from nova_error_notifier import listener
 from nova_error_notifier import opts
 from nova_error_notifier import outbox
 from nova_error_notifier import record as rec
@@ -102,9 +104,31 @@ class Sink:
                 raise error
 
 
-def make(conf, sink):
+class Dispatcher:
+    """oslo.messaging's batch dispatcher around the service's endpoint.
+
+    What oslo.messaging's listener runs; ``dispatch`` returns the messages
+    requeued.
+    """
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+        self.oslo = oslo_dispatcher.BatchNotificationDispatcher(
+            [endpoint], oslo_messaging.serializer.NoOpSerializer())
+
+    def dispatch(self, incoming):
+        return self.oslo.dispatch(incoming)
+
+
+def no_sleep(seconds):
+    pass
+
+
+def make(conf, sink, plugins=(), **kwargs):
     endpoints = service.load_endpoints(conf, lambda item: None)
-    return endpoint_base.BatchDispatcher(endpoints, None, sink)
+    kwargs.setdefault('sleep', no_sleep)
+    return Dispatcher(listener.BatchEndpoint(
+        endpoints + list(plugins), sink, **kwargs))
 
 
 def test_a_batch_is_stored_in_one_call_in_order(conf):
@@ -120,7 +144,7 @@ def test_a_batch_is_stored_in_one_call_in_order(conf):
 
 
 def test_info_noise_is_skipped_before_parsing(conf, monkeypatch):
-    parsed, unpacked = [], []
+    parsed = []
     real = versioned.VersionedNovaEndpoint.parse
 
     def counting(*args):
@@ -130,19 +154,12 @@ def test_info_noise_is_skipped_before_parsing(conf, monkeypatch):
                         staticmethod(counting))
     sink = Sink()
     dispatcher = make(conf, sink)
-    unpack = dispatcher._extract_user_message
-
-    def counting_unpack(incoming):
-        unpacked.append(incoming.message['message_id'])
-        return unpack(incoming)
-    dispatcher._extract_user_message = counting_unpack
     batch = [noise('n%d' % i) for i in range(50)]
     batch.append(message('instance.update',
                          nm.versioned_update('building', 'error'),
                          priority='INFO', message_id='u1'))
     assert dispatcher.dispatch(batch) == set()
     assert parsed == ['instance.update']
-    assert unpacked == ['u1']
     assert [r.message_id for r in sink.calls[0]] == ['u1']
     assert sink.calls[0][0].state == 'error'
 
@@ -155,16 +172,18 @@ def test_nothing_to_store_makes_no_call(conf):
 
 
 @pytest.mark.parametrize('bad', [
-    Incoming(['not', 'a', 'dict']),
-    Incoming({'priority': 3, 'event_type': 'x', 'payload': {}}),
     Incoming({'priority': 'INFO', 'event_type': ['un', 'hashable'],
               'payload': {}}),
-    Incoming({'priority': ['ERROR'], 'event_type': 'x', 'payload': {}}),
+    Incoming({'priority': 'ERROR', 'event_type': {'a': 'dict'},
+              'payload': {}}),
     Incoming({'priority': 'ERROR', 'event_type': 'compute.instance.'
               'create.error', 'payload': 'not an object',
               'message_id': 'bad-payload'}),
-], ids=['list', 'int-priority', 'list-event-type', 'list-priority',
-        'string-payload'])
+    Incoming({'priority': 'ERROR', 'event_type': 'instance.create.error',
+              'payload': {'nova_object.data': ['x']},
+              'message_id': 'bad-object'}),
+], ids=['list-event-type', 'dict-event-type', 'string-payload',
+        'list-object'])
 def test_bad_messages_are_dropped_and_the_rest_stored(conf, logs, bad):
     sink = Sink()
     dispatcher = make(conf, sink)
@@ -184,19 +203,92 @@ def test_a_context_of_the_wrong_type_does_not_stop_the_batch(conf):
         ('a', nm.REQUEST), ('odd', None)]
 
 
-def test_unreadable_envelope_is_logged(conf, logs):
-    dispatcher = make(conf, Sink())
-    dispatcher.dispatch([Incoming({'priority': 7, 'message_id': 'p7'})])
+@pytest.mark.parametrize('bad', [
+    {'priority': 3, 'event_type': 'x', 'payload': {}},
+    {'priority': ['ERROR'], 'event_type': 'x', 'payload': {}},
+    {'priority': None, 'event_type': 'x', 'payload': {}},
+    ['not', 'a', 'dict']],
+    ids=['int-priority', 'list-priority', 'null-priority', 'list'])
+def test_what_oslo_messaging_itself_cannot_read_costs_only_itself(
+        conf, logs, bad):
+    """oslo.messaging reads the priority before any endpoint sees a batch.
+
+    Alone, its dispatcher raises and the listener hands the whole batch
+    back at every delivery; the guard takes the message out first.
+    """
+    sink = Sink()
+    dispatcher = make(conf, sink)
+    with pytest.raises((AttributeError, TypeError)):
+        dispatcher.dispatch([legacy_error('a'), Incoming(bad)])
+    guarded = listener.EnvelopeGuard(dispatcher.oslo)
+    assert guarded.dispatch([legacy_error('a'), Incoming(bad),
+                             versioned_error('b')]) == set()
+    assert [r.message_id for r in sink.calls[-1]] == ['a', 'b']
+    assert any('Dropped unreadable notification' in line for line in logs)
+
+
+def test_make_listener_guards_the_dispatcher(conf):
+    transport = oslo_messaging.get_notification_transport(
+        conf, url='fake:///')
+    try:
+        endpoint = listener.BatchEndpoint(
+            service.load_endpoints(conf, lambda item: None), Sink())
+        server = listener.make_listener(conf, transport, endpoint)
+        assert isinstance(server.dispatcher, listener.EnvelopeGuard)
+        assert set(server.dispatcher.supported_priorities) == {
+            'error', 'critical', 'info'}
+    finally:
+        transport.cleanup()
+
+
+def test_oslo_failure_lines_are_one_clear_line_per_interval():
+    clock = [100.0]
+    quiet = listener._OsloFailureFilter(interval=30, clock=lambda: clock[0])
+
+    def record():
+        try:
+            raise AttributeError("'int' object has no attribute 'lower'")
+        except AttributeError:
+            import sys
+            info = sys.exc_info()
+        return logging.LogRecord(listener.OSLO_LISTENER_LOGGER,
+                                 logging.ERROR, __file__, 1,
+                                 listener.OSLO_FAILURE, (), info)
+    first = record()
+    assert quiet.filter(first)
+    assert first.exc_info is None
+    assert "'int' object has no attribute 'lower'" in first.getMessage()
+    assert not quiet.filter(record())
+    clock[0] += 31
+    again = record()
+    assert quiet.filter(again)
+    assert '2 batch(es)' in again.getMessage()
+    other = logging.LogRecord('x', logging.ERROR, __file__, 1, 'other', (),
+                              None)
+    assert quiet.filter(other)
+
+
+def test_unreadable_envelope_is_logged_by_the_tools(conf, logs):
+    """Replay and test-route read envelopes themselves: guarded."""
+    records = []
+    endpoints = service.load_endpoints(conf, lambda item: None)
+    recorder = listener.Recorder(listener.BatchEndpoint(
+        endpoints, records.extend))
+    for bad in ({'priority': 7, 'message_id': 'p7'}, ['not', 'a', 'dict']):
+        assert recorder.dispatch(nm.context(), bad) is None
     assert any('p7' in line and 'priority is a int' in line
                for line in logs), logs
+    assert any('is a list, not an object' in line for line in logs), logs
+    good = legacy_error('g')
+    recorder.dispatch(good.ctxt, good.message)
+    assert [r.message_id for r in records] == ['g']
 
 
 def test_store_down_requeues_only_what_was_not_stored(conf, logs,
                                                       monkeypatch):
-    monkeypatch.setattr(endpoint_base, 'REQUEUE_DELAY', 0)
     # The requeue line is rate-limited process-wide: start (and leave)
     # the limiter as it was.
-    monkeypatch.setitem(endpoint_base._requeue_state, 'logged_at', 0.0)
+    monkeypatch.setitem(listener._requeue_state, 'logged_at', 0.0)
     sink = Sink(fail=lambda items: rec.RetryLater('database is locked'))
     dispatcher = make(conf, sink)
     a, b, n = legacy_error('a'), versioned_error('b'), noise('n')
@@ -234,11 +326,9 @@ class Rejects:
             raise self.fail
 
 
-def make_guarded(conf, sink, reject, healthy=True, attempts=3):
-    endpoints = service.load_endpoints(conf, lambda item: None)
-    return endpoint_base.BatchDispatcher(
-        endpoints, None, sink, reject=reject, healthy=lambda: healthy,
-        max_attempts=attempts)
+def make_guarded(conf, sink, reject, healthy=True, attempts=3, sleep=None):
+    return make(conf, sink, reject=reject, healthy=lambda: healthy,
+                max_attempts=attempts, sleep=sleep or no_sleep)
 
 
 def poisoned(error, bad='b'):
@@ -248,8 +338,7 @@ def poisoned(error, bad='b'):
 
 @pytest.fixture
 def no_delay(monkeypatch):
-    monkeypatch.setattr(endpoint_base, 'REQUEUE_DELAY', 0)
-    monkeypatch.setitem(endpoint_base._requeue_state, 'logged_at', 0.0)
+    monkeypatch.setitem(listener._requeue_state, 'logged_at', 0.0)
 
 
 def test_a_message_that_can_never_be_stored_is_rejected_at_once(
@@ -274,16 +363,40 @@ def test_a_message_that_can_never_be_stored_is_rejected_at_once(
     ids=['lock', 'unique'])
 def test_a_failure_that_may_pass_is_retried_a_few_times(conf, no_delay,
                                                         error):
+    """Tried again in the listener's thread, a second apart.
+
+    So the records stored beside it are acknowledged, not requeued.
+    """
     rejects = Rejects()
-    dispatcher = make_guarded(conf, poisoned(error), rejects, attempts=3)
-    for attempt in (1, 2):
-        a, b = legacy_error('a%d' % attempt), versioned_error('b')
-        assert dispatcher.dispatch([a, b]) == {b}, attempt
-        assert rejects.calls == []
-    a, b = legacy_error('a3'), versioned_error('b')
+    waits = []
+    sink = poisoned(error)
+    dispatcher = make_guarded(conf, sink, rejects, attempts=3,
+                              sleep=waits.append)
+    a, b = legacy_error('a'), versioned_error('b')
     assert dispatcher.dispatch([a, b]) == set()
+    assert [[r.message_id for r in call] for call in sink.calls] == [
+        ['a', 'b'], ['a'], ['b'], ['b'], ['b']]
+    assert waits == [listener.REQUEUE_DELAY] * 2
     assert [call[0] for call in rejects.calls] == ['b']
     assert 'after 3 tries' in rejects.calls[0][1]
+
+
+def test_a_failure_that_passes_is_stored_on_a_later_try(conf, no_delay):
+    rejects = Rejects()
+    tries = []
+
+    def fail(items):
+        if any(r.message_id == 'b' for r in items):
+            tries.append(len(items))
+            if len(tries) < 3:
+                return outbox.StoreError('Deadlock found', retryable=True)
+        return None
+    sink = Sink(fail=fail)
+    dispatcher = make_guarded(conf, sink, rejects)
+    assert dispatcher.dispatch([legacy_error('a'), versioned_error('b')]) \
+        == set()
+    assert rejects.calls == []
+    assert [r.message_id for r in sink.calls[-1]] == ['b']
 
 
 def test_store_down_requeues_everything_and_counts_nothing(conf, no_delay):
@@ -307,13 +420,13 @@ def test_the_store_going_down_mid_batch_stops_counting(conf, no_delay):
             return outbox.StoreError('IntegrityError', retryable=True)
         state['up'] = False
         return rec.RetryLater('server has gone away')
-    endpoints = service.load_endpoints(conf, lambda item: None)
-    dispatcher = endpoint_base.BatchDispatcher(
-        endpoints, None, Sink(fail=fail), reject=rejects,
-        healthy=lambda: state['up'])
+    dispatcher = make(conf, Sink(fail=fail), reject=rejects,
+                      healthy=lambda: state['up'])
     batch = [legacy_error('a'), versioned_error('b'), legacy_error('c')]
+    # All of them go back: what was stored is recognised by its message
+    # id when it comes again.
     assert dispatcher.dispatch(batch) == set(batch)
-    assert rejects.calls == [] and dispatcher._tries == {}
+    assert rejects.calls == []
 
 
 def test_a_rejection_the_store_cannot_take_is_requeued(conf, no_delay):
@@ -321,7 +434,8 @@ def test_a_rejection_the_store_cannot_take_is_requeued(conf, no_delay):
     dispatcher = make_guarded(conf, poisoned(ValueError('NUL byte')),
                               rejects)
     a, b = legacy_error('a'), versioned_error('b')
-    assert dispatcher.dispatch([a, b]) == {b}
+    # The call goes back whole (a was stored: it is recognised again).
+    assert dispatcher.dispatch([a, b]) == {a, b}
 
 
 def test_a_rejection_that_fails_otherwise_leaves_the_record_in_the_log(
@@ -348,10 +462,10 @@ def test_a_plain_endpoint_plugin_still_works(conf):
 
     plain = Plain()
     sink = Sink()
-    nova = service.load_endpoints(conf, lambda item: None)
-    dispatcher = endpoint_base.BatchDispatcher(nova + [plain], None, sink)
-    again = legacy_error('again')
-    assert dispatcher.dispatch([legacy_error('a'), again]) == {again}
+    dispatcher = make(conf, sink, plugins=[plain])
+    a, again = legacy_error('a'), legacy_error('again')
+    # Its REQUEUE hands back the whole call (the public API's limit).
+    assert dispatcher.dispatch([a, again]) == {a, again}
     assert plain.seen == ['a', 'again']
     # The Nova endpoints stored both all the same.
     assert [r.message_id for r in sink.calls[0]] == ['a', 'again']
@@ -378,3 +492,45 @@ def test_a_configured_prefetch_wins(conf, tmp_path):
          default_config_files=[])
     service.set_messaging_defaults(conf)
     assert conf.oslo_messaging_rabbit.rabbit_qos_prefetch_count == 7
+
+
+def test_the_public_batch_listener_feeds_the_endpoint(conf):
+    """make_listener: oslo.messaging's public batch listener.
+
+    On the fake transport, fed by oslo.messaging's own Notifier.
+    """
+    import threading
+    conf.set_override('batch_timeout', 0.05, group='listener')
+    # Where oslo.messaging's Notifier sends without Nova's control_exchange.
+    conf.set_override('exchange', 'openstack', group='listener')
+    transport = oslo_messaging.get_notification_transport(
+        conf, url='fake:///')
+    stored = []
+    done = threading.Event()
+
+    def sink(items):
+        stored.extend(items)
+        if len(stored) >= 2:
+            done.set()
+    endpoint = listener.BatchEndpoint(
+        service.load_endpoints(conf, lambda item: None), sink)
+    server = listener.make_listener(conf, transport, endpoint)
+    assert set(endpoint.priorities) == {'error', 'critical', 'info'}
+    server.start()
+    try:
+        notifier = oslo_messaging.Notifier(
+            transport, publisher_id='compute.hv-1', driver='messagingv2',
+            topics=['notifications'])
+        legacy = legacy_error('x').message
+        notifier.error(nm.context(), legacy['event_type'],
+                       legacy['payload'])
+        versioned = versioned_error('y').message
+        notifier.error(nm.context(), versioned['event_type'],
+                       versioned['payload'])
+        notifier.info(nm.context(), 'instance.exists', {})
+        assert done.wait(10), stored
+    finally:
+        server.stop()
+        server.wait()
+        transport.cleanup()
+    assert sorted(r.format for r in stored) == ['legacy', 'versioned']
