@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from nova_error_notifier import migration
+from nova_error_notifier import opts
 from nova_error_notifier import outbox
 from nova_error_notifier import record as rec
 from tests import databases
@@ -82,6 +83,7 @@ def test_ids_that_a_collation_would_merge_stay_apart(backend_url, first,
     from nova_error_notifier import ingest
     from oslo_config import cfg
     conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
     grouping = ingest.Ingest(conf, store)
     conf([], default_config_files=[])
 
