@@ -91,6 +91,7 @@ from oslo_config import cfg
 from oslo_log import log
 import oslo_messaging
 
+from nova_error_notifier.endpoints import base as endpoint_base
 from nova_error_notifier import logsafe
 from nova_error_notifier import outbox
 from nova_error_notifier import record as rec
@@ -395,22 +396,9 @@ class UnreadableEnvelope(ValueError):
 # The batch endpoint
 # --------------------------------------------------------------------------
 
-_requeue_lock = threading.Lock()
-_requeue_state = {'logged_at': 0.0, 'count': 0}
-
-
-def _requeue_log(metadata, exc, count=1):
-    """One log line per REQUEUE_LOG_INTERVAL, counting the others."""
-    now = time.monotonic()
-    with _requeue_lock:
-        _requeue_state['count'] += count
-        if now - _requeue_state['logged_at'] < REQUEUE_LOG_INTERVAL:
-            return
-        count, _requeue_state['count'] = _requeue_state['count'], 0
-        _requeue_state['logged_at'] = now
-    LOG.error('Could not store notification message_id=%s: %s; it goes back '
-              'to the queue (%d message(s) requeued since the last line)',
-              message_id(metadata), logsafe.escape(exc, 300), count)
+#: The process's one limiter of "goes back to the queue" lines.
+_requeue_state = endpoint_base._requeue_state
+_requeue_log = endpoint_base.requeue_log
 
 
 def _error_text(exc):

@@ -96,7 +96,7 @@ class NovaEndpoint:
 
     @staticmethod
     def _requeue(metadata, exc):
-        _requeue_log(metadata, exc)
+        requeue_log(metadata, exc)
         time.sleep(REQUEUE_DELAY)
         return REQUEUE
 
@@ -172,11 +172,15 @@ _requeue_lock = threading.Lock()
 _requeue_state = {'logged_at': 0.0, 'count': 0}
 
 
-def _requeue_log(metadata, exc):
-    """One log line per REQUEUE_LOG_INTERVAL, counting the others."""
+def requeue_log(metadata, exc, count=1):
+    """One log line per REQUEUE_LOG_INTERVAL, counting the others.
+
+    One limiter per process, shared by the listener's batch endpoint and
+    the plugins' per-message methods.
+    """
     now = time.monotonic()
     with _requeue_lock:
-        _requeue_state['count'] += 1
+        _requeue_state['count'] += count
         if now - _requeue_state['logged_at'] < REQUEUE_LOG_INTERVAL:
             return
         count, _requeue_state['count'] = _requeue_state['count'], 0

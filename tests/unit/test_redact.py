@@ -48,7 +48,8 @@ def test_log_filter_covers_other_libraries(caplog):
     assert 'does not contain a driver' in caplog.text
 
 
-def test_a_traceback_is_masked_too():
+def _oslo_logger(name, secrets):
+    """A logger writing through oslo.log's formatter and the LogFilter."""
     import io
     import logging
     from oslo_config import cfg
@@ -63,20 +64,22 @@ def test_a_traceback_is_masked_too():
     conf([], default_config_files=[])
     # oslo.log's formatter formats the traceback anew from exc_info.
     handler.setFormatter(formatters.ContextFormatter(config=conf))
-    handler.addFilter(redact_mod.LogFilter(['hunter2-secret']))
-    logger = logging.getLogger('nen-test-traceback')
-    logger.addHandler(handler)
+    handler.addFilter(redact_mod.LogFilter(secrets))
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [handler]
     logger.propagate = False
+    return logger, stream
+
+
+def test_a_traceback_is_masked_too():
+    logger, stream = _oslo_logger('nen-test-traceback', ['hunter2-secret'])
+    # (Built apart: a traceback quotes the line that raised.)
+    url = 'rabbit://nen:%s@ctl:5672/' % 'pw-in-url'
     try:
-        # (Built apart: a traceback quotes the line that raised.)
-        url = 'rabbit://nen:%s@ctl:5672/' % 'pw-in-url'
-        try:
-            raise RuntimeError('cannot reach %s with %s' % (
-                url, 'hunter2-secret'))
-        except RuntimeError:
-            logger.exception('Delivery failed')
-    finally:
-        logger.removeHandler(handler)
+        raise RuntimeError('cannot reach %s with %s' % (
+            url, 'hunter2-secret'))
+    except RuntimeError:
+        logger.exception('Delivery failed')
     output = stream.getvalue()
     assert 'Traceback' in output and 'RuntimeError' in output
     assert 'pw-in-url' not in output and 'hunter2-secret' not in output
@@ -84,37 +87,18 @@ def test_a_traceback_is_masked_too():
 
 def test_the_summary_of_a_handled_exception_is_masked():
     """oslo.log appends the exception being handled to WARNING lines."""
-    import io
-    import logging
-    from oslo_config import cfg
-    from oslo_log import formatters
-    from oslo_log import log as oslo_log
-
-    from nova_error_notifier import redact as redact_mod
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    conf = cfg.ConfigOpts()
-    oslo_log.register_options(conf)
-    conf([], default_config_files=[])
-    handler.setFormatter(formatters.ContextFormatter(config=conf))
-    handler.addFilter(redact_mod.LogFilter(['hunter2-secret']))
-    logger = logging.getLogger('nen-test-summary')
-    logger.addHandler(handler)
-    logger.propagate = False
+    logger, stream = _oslo_logger('nen-test-summary', ['hunter2-secret'])
+    try:
+        raise OSError('login %s refused' % 'hunter2-secret')
+    except OSError:
+        logger.warning('Could not deliver')
     try:
         try:
-            raise OSError('login %s refused' % 'hunter2-secret')
+            raise OSError('inner %s' % 'hunter2-secret')
         except OSError:
-            logger.warning('Could not deliver')
-        try:
-            try:
-                raise OSError('inner %s' % 'hunter2-secret')
-            except OSError:
-                raise RuntimeError('outer') from None
-        except RuntimeError:
-            logger.exception('Chained')
-    finally:
-        logger.removeHandler(handler)
+            raise RuntimeError('outer') from None
+    except RuntimeError:
+        logger.exception('Chained')
     output = stream.getvalue()
     assert 'Could not deliver' in output and 'login *** refused' in output
     assert 'hunter2-secret' not in output
