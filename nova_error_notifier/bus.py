@@ -209,7 +209,7 @@ def _masked(text, url):
                                     reverse=True))
 
 
-def _describe(conf, url):
+def describe_url(conf, url):
     """scheme://host:port/vhost of a URL, without credentials."""
     try:
         parsed = oslo_messaging.TransportURL.parse(conf, url)
@@ -224,7 +224,7 @@ def _describe(conf, url):
 def describe(conf, bus):
     """Where a bus's broker is, without credentials."""
     url = bus.transport_url if bus.transport_url else default_url(conf)
-    return _describe(conf, url)
+    return describe_url(conf, url)
 
 
 def load(conf):

@@ -87,16 +87,7 @@ def describe_transport(conf, transport, bus=None):
     """Where the broker (of ``bus``, or the default one) is, no credentials."""
     if bus is not None and bus.transport_url:
         return bus_mod.describe(conf, bus)
-    try:
-        url = oslo_messaging.TransportURL.parse(
-            conf, conf.oslo_messaging_notifications.transport_url or
-            conf.transport_url)
-        hosts = ','.join('%s:%s' % (h.hostname, h.port or '')
-                         for h in url.hosts) or 'localhost'
-        return '%s://%s/%s' % (url.transport or 'rabbit', hosts,
-                               url.virtual_host or '')
-    except Exception:
-        return '(transport URL not shown)'
+    return bus_mod.describe_url(conf, bus_mod.default_url(conf))
 
 
 PROJECT = 'nova_error_notifier'
