@@ -152,6 +152,10 @@ class _Batch:
         self.messages = []
         #: When the first incident this batch opened is due, if any.
         self.earliest_due = None
+        #: The rows of the keys the batch may look up, read in one query
+        #: before any record is applied (the batch writes nothing until
+        #: :meth:`flush`, so they stay what the database holds).
+        self.stored = {}
 
     @property
     def states(self):
@@ -283,6 +287,7 @@ class Ingest:
                 else message_key(item) for item in items]
         seen = tx.seen_message_ids([k for k in keys if k is not None])
         batch = _Batch(now)
+        batch.stored = tx.incidents_by_keys(self._lookups(items, keys, seen))
         results = []
         resolutions = []
         for item, mkey in zip(items, keys):
@@ -302,6 +307,19 @@ class Ingest:
         batch.flush(tx)
         return results, batch.earliest_due
 
+    @staticmethod
+    def _lookups(items, keys, seen):
+        """The incident keys :meth:`_find` may look up for ``items``."""
+        wanted = set()
+        for item, mkey in zip(items, keys):
+            if mkey is None or mkey in seen or not item.request_id:
+                continue
+            request_id, instance_uuid = _ids(item)
+            wanted.add(incident_key(request_id, instance_uuid, item.region))
+            if instance_uuid is not None:
+                wanted.add(incident_key(request_id, None, item.region))
+        return wanted
+
     def _find(self, tx, record, batch):
         request_id, instance_uuid = _ids(record)
         region = _region(record)
@@ -309,7 +327,7 @@ class Ingest:
         state = batch.by_key.get(key)
         if state is not None:
             return state, key
-        row = tx.incident_by_key(key)
+        row = batch.stored.get(key)
         if row is not None or not request_id:
             return batch.track(row), key
         if instance_uuid is None:
@@ -328,7 +346,7 @@ class Ingest:
         bare_key = incident_key(request_id, None, record.region)
         bare = batch.by_key.get(bare_key)
         if bare is None:
-            bare = batch.track(tx.incident_by_key(bare_key))
+            bare = batch.track(batch.stored.get(bare_key))
         if bare is not None:
             batch.rekey(bare, key, instance_uuid)
             return bare, key

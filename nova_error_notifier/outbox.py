@@ -837,6 +837,8 @@ _SEEN = sa.select(_msg.c.message_id).where(
     _msg.c.message_id.in_(sa.bindparam('keys', expanding=True)))
 _INSERT_MESSAGES = _msg.insert()
 _INCIDENT_BY_KEY = sa.select(_inc).where(_inc.c.key == sa.bindparam('key'))
+_INCIDENTS_BY_KEYS = sa.select(_inc).where(
+    _inc.c.key.in_(sa.bindparam('keys', expanding=True)))
 # A region is compared as NULL-safe equality (IS on SQLite, <=> on MySQL,
 # IS NOT DISTINCT FROM on PostgreSQL): NULL is the default bus's region.
 _INCIDENTS_OF_REQUEST = sa.select(_inc).where(
@@ -986,6 +988,20 @@ class Transaction:
     def incident_by_key(self, key):
         """The incident of ``key``, or None."""
         return self.connection.execute(_INCIDENT_BY_KEY, {'key': key}).first()
+
+    def incidents_by_keys(self, keys):
+        """The incidents of those keys: a dict of key to row.
+
+        One query per few hundred keys, where :meth:`incident_by_key`
+        takes one per key (a round trip each on a database server).
+        """
+        keys = sorted(set(keys))
+        found = {}
+        for start in range(0, len(keys), _BATCH):
+            for row in self.connection.execute(_INCIDENTS_BY_KEYS, {
+                    'keys': keys[start:start + _BATCH]}):
+                found[row.key] = row
+        return found
 
     def incidents_of_request(self, request_id, region=None):
         """Two incidents of the request in ``region`` at most.

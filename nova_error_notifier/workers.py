@@ -61,6 +61,7 @@ from nova_error_notifier import bus as bus_mod
 from nova_error_notifier import config as config_mod
 from nova_error_notifier import delivery
 from nova_error_notifier import enrich
+from nova_error_notifier import handoff
 from nova_error_notifier import ingest
 from nova_error_notifier import listener as listener_mod
 from nova_error_notifier import logsafe
@@ -157,6 +158,11 @@ class Generations:
                              if name.endswith('.conf'))
         return files
 
+    def args_of(self, generation):
+        """The arguments of ``generation`` (0: the command's own)."""
+        return list(self.args) if generation == 0 else \
+            self.args_for(generation)
+
     def args_for(self, generation):
         directory = os.path.join(self.root, str(generation))
         copies = sorted(os.listdir(directory))
@@ -222,6 +228,9 @@ class Context:
     def __init__(self, conf, settings, args, build_conf, shared=True):
         self.conf = conf
         self.settings = settings
+        #: The generation of ``settings`` (the supervisor's, for the
+        #: processes it starts again).
+        self.generation = 0
         self.build_conf = build_conf
         self.generations = Generations(args, shared=shared)
         #: The listeners wake the router up; the router the deliveries.
@@ -245,8 +254,10 @@ class _Stage(cotyledon.Service):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.context = context
         self.conf = context.conf
+        # A process started again after a reload is forked with the
+        # generation in force (the supervisor keeps it in the context).
         self.settings = context.settings
-        self.generation = 0
+        self.generation = context.generation
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
 
@@ -313,33 +324,57 @@ class ListenerService(_Stage):
     def __init__(self, worker_id, context):
         super().__init__(worker_id, context)
         self.buses = []
+        self.store_process = None
         self._failed = []
         self._changed = threading.Event()
 
     def run(self):
         conf = self.conf
-        self.store = service.open_store(conf)
-        self.ingest = ingest.Ingest(conf, self.store,
-                                    wakeup=self.context.router_wakeup)
         listener_mod.set_messaging_defaults(conf)
         options = conf[listener_mod.GROUP]
+        if options.store_process:
+            self.store_process = handoff.StoreProcess(
+                self.context.build_conf,
+                self.context.generations.args_of(self.generation),
+                self.worker_id, wakeup=self.context.router_wakeup,
+                generation=self.generation)
+            try:
+                self.store_process.start()
+            except handoff.StoreProcessError as exc:
+                raise service.StartupError(
+                    'the store process of listener %d did not start: %s'
+                    % (self.worker_id, exc))
+        else:
+            self.store = service.open_store(conf)
+            self.ingest = ingest.Ingest(conf, self.store,
+                                        wakeup=self.context.router_wakeup)
         buses = self.settings.buses or tuple(bus_mod.buses(conf))
-        for bus in buses:
+        for index, bus in enumerate(buses):
             if not bus.pool:
                 LOG.warning('%s pool is empty: the service shares Nova\'s '
                             'default notification queues and takes messages '
                             'away from their other consumers',
                             '[listener]' if bus.name is None else bus.label)
-            plugins = service.load_endpoints(
-                conf, listener_mod.stamping(self.ingest.add, bus.region))
             one = _BusListener(bus, service.describe_listener(conf, bus))
             one.transport = service.make_transport(
                 conf, bus if bus.transport_url else None)
-            endpoint = listener_mod.BatchEndpoint(
-                plugins, self.ingest.add_many,
-                reject=listener_mod.rejecter(self.store),
-                healthy=self.store.ping,
-                max_attempts=options.max_store_attempts, region=bus.region)
+            if self.store_process is not None:
+                # Loaded here only to screen the messages and to subscribe
+                # to their priorities; the store process runs them.
+                screen = listener_mod.BatchEndpoint(
+                    service.load_endpoints(conf, listener_mod.screen_only),
+                    None)
+                endpoint = listener_mod.Handoff(screen, self.store_process,
+                                                index)
+            else:
+                plugins = service.load_endpoints(
+                    conf, listener_mod.stamping(self.ingest.add, bus.region))
+                endpoint = listener_mod.BatchEndpoint(
+                    plugins, self.ingest.add_many,
+                    reject=listener_mod.rejecter(self.store),
+                    healthy=self.store.ping,
+                    max_attempts=options.max_store_attempts,
+                    region=bus.region)
             one.listener = listener_mod.make_listener(
                 conf, one.transport, endpoint, bus=bus)
             self.buses.append(one)
@@ -378,6 +413,17 @@ class ListenerService(_Stage):
         LOG.info('Listening to %s (listener %d)', one.description,
                  self.worker_id)
 
+    def reload(self):
+        super().reload()
+        store_process = self.store_process
+        if store_process is not None and \
+                store_process.generation != self.generation:
+            # The store process reads the configuration itself: one of the
+            # generation in force takes its place.
+            store_process.renew(
+                self.context.generations.args_of(self.generation),
+                self.generation)
+
     def apply(self, settings):
         if self.buses and settings.buses and \
                 tuple(settings.buses) != tuple(b.bus for b in self.buses):
@@ -392,6 +438,7 @@ class ListenerService(_Stage):
             # Still connecting (the broker is unreachable): nothing was
             # received, nothing to finish.
             LOG.info('Stopped before the listener was connected')
+            self._stop_store_process()
             return
         timeout = self.conf[listener_mod.GROUP].stop_timeout
         done = threading.Event()
@@ -418,6 +465,12 @@ class ListenerService(_Stage):
         if not done.wait(timeout):
             LOG.warning('The listener did not stop within %d s; exiting '
                         'anyway', timeout)
+        # After the batches in progress: they wait for its answers.
+        self._stop_store_process()
+
+    def _stop_store_process(self):
+        if self.store_process is not None:
+            self.store_process.stop()
 
 
 class RouterService(_Stage):
@@ -610,6 +663,8 @@ class Supervisor(cotyledon.ServiceManager):
             LOG.error('Reload refused: the configuration could not be '
                       'read: %s', logsafe.escape(exc))
             return
+        self.context.settings = settings
+        self.context.generation = generation
         LOG.info('Reloaded: %d rule(s), receivers %s (configuration '
                  'generation %d, every process switches to it)',
                  len(settings.ruleset),

@@ -75,6 +75,9 @@ class NovaEndpoint:
     VERSIONED = False
     #: The parser: a pure function returning an ErrorRecord or None.
     parse = None
+    #: ``routine(event_type, payload)``: True for an INFO message with
+    #: nothing to read, told without parsing (None: parse them all).
+    routine = None
 
     def __init__(self, conf, sink):
         self.sink = sink
@@ -100,8 +103,14 @@ class NovaEndpoint:
         time.sleep(REQUEUE_DELAY)
         return REQUEUE
 
-    def _info(self, ctxt, publisher_id, event_type, payload, metadata):
+    def _skipped(self, event_type, payload):
+        """True for INFO traffic not worth parsing."""
         if event_type not in self.INFO_EVENTS:
+            return True
+        return self.routine is not None and self.routine(event_type, payload)
+
+    def _info(self, ctxt, publisher_id, event_type, payload, metadata):
+        if self._skipped(event_type, payload):
             return HANDLED
         return self.process('INFO', ctxt, publisher_id, event_type,
                             payload, metadata)
@@ -111,12 +120,12 @@ class NovaEndpoint:
         """The record or resolution of one message, or None.
 
         ``priority`` is oslo.messaging's lower-case priority. INFO traffic
-        other than the few event types worth reading is skipped before any
-        parsing. A message that cannot be read is logged and dropped (None).
+        other than the few event types worth reading, and their routine
+        state changes, is skipped before any parsing. A message that cannot
+        be read is logged and dropped (None).
         """
-        if priority == 'info':
-            if event_type not in self.INFO_EVENTS:
-                return None
+        if priority == 'info' and self._skipped(event_type, payload):
+            return None
         return self._parse(priority.upper(), ctxt, publisher_id, event_type,
                            payload, metadata)
 

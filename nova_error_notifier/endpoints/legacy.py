@@ -29,3 +29,4 @@ class LegacyNovaEndpoint(base.NovaEndpoint):
     INFO_EVENTS = frozenset((legacy.UPDATE_EVENT,) +
                             tuple(legacy.CREATE_END_EVENTS))
     parse = staticmethod(legacy.parse)
+    routine = staticmethod(legacy.routine_update)

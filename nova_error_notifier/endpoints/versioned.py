@@ -28,3 +28,4 @@ class VersionedNovaEndpoint(base.NovaEndpoint):
     INFO_EVENTS = frozenset((versioned.UPDATE_EVENT,) +
                             tuple(versioned.CREATE_END_EVENTS))
     parse = staticmethod(versioned.parse)
+    routine = staticmethod(versioned.routine_update)

@@ -40,6 +40,22 @@ MAX_ARGUMENTS = 20
 ERROR_PRIORITIES = frozenset(('ERROR', 'CRITICAL'))
 ERROR_STATE = 'error'
 
+
+def routine_change(state, old_state):
+    """True for a state change worth nothing: not into ERROR, not a build.
+
+    Only plain strings are judged (anything else is for the parser to read
+    or refuse). Mirrors the tests of the parsers: an update into ERROR (from
+    another state) is a failure, one from building to active resolves the
+    build's failures.
+    """
+    if type(state) is not str or type(old_state) is not str:
+        return False
+    if state == ERROR_STATE and old_state != ERROR_STATE:
+        return False
+    return not (old_state == 'building' and state == 'active')
+
+
 _TRACEBACK_MARK = '\nTraceback (most recent call last):'
 _REMOTE_SUFFIX = '_Remote'
 _REPR_RE = re.compile(r'\A\s*([A-Za-z_][\w.]*)\((.*)\)\s*\Z', re.S)

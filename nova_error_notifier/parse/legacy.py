@@ -80,6 +80,18 @@ def _instance_fields(payload):
 CREATE_END_EVENTS = frozenset(('compute.instance.create.end',))
 
 
+def routine_update(event_type, payload):
+    """True for an INFO ``compute.instance.update`` with nothing to read.
+
+    A look at the two states before any parsing (see
+    :func:`nova_error_notifier.parse.versioned.routine_update`).
+    """
+    if event_type != UPDATE_EVENT or type(payload) is not dict:
+        return False
+    return common.routine_change(payload.get('state'),
+                                 payload.get('old_state'))
+
+
 def _resolution(event_type, state, old_state, payload, ctxt, metadata):
     """A Resolution for a build that succeeded, else None."""
     built = (event_type in CREATE_END_EVENTS or

@@ -42,6 +42,23 @@ def is_versioned(payload):
     return isinstance(payload, dict) and 'nova_object.data' in payload
 
 
+def routine_update(event_type, payload):
+    """True for an INFO ``instance.update`` with nothing to read.
+
+    A look at the two states before any parsing: most INFO traffic is
+    such updates. Whatever is not shaped as Nova sends it answers False,
+    and the parser reads (or refuses) the message.
+    """
+    if event_type != UPDATE_EVENT:
+        return False
+    try:
+        update = payload['nova_object.data']['state_update'][
+            'nova_object.data']
+        return common.routine_change(update['state'], update['old_state'])
+    except (TypeError, KeyError, IndexError):
+        return False
+
+
 def _exception_payload(data):
     if 'exception' in data or 'exception_message' in data:
         return data

@@ -86,8 +86,59 @@ def service(tmp_path, rabbitmq_vhost):
         proc.kill()
 
 
-EXPECTED = {('listener', 0), ('listener', 1), ('router', 0),
-            ('delivery', 0), ('housekeeping', 0)}
+#: Each listener process has its store process ([listener] store_process).
+EXPECTED = {('listener', 0), ('listener', 1), ('store', 0), ('store', 1),
+            ('router', 0), ('delivery', 0), ('housekeeping', 0)}
+
+
+def _burst(url, total, published, stop):
+    def burst():
+        with rq.Publisher(url) as pub:
+            for number in range(total):
+                request_id = 'req-burst-%04d' % number
+                publish_error(pub, request_id)
+                published.append(request_id)
+                stop.wait(0.01)
+    thread = threading.Thread(target=burst)
+    thread.start()
+    return thread
+
+
+def _once_each(proc, published):
+    by_request = alerts_by_request(proc)
+    assert set(by_request) == set(published)
+    doubled = {k: v for k, v in by_request.items() if len(v) != 1}
+    assert not doubled, doubled
+
+
+def test_a_killed_store_process_is_replaced_and_nothing_is_lost(
+        tmp_path, rabbitmq_vhost, service):
+    url = rabbitmq_vhost.url
+    proc = service(config(url, tmp_path))
+    workers = wait_workers(proc, EXPECTED)
+    total = 300
+    published = []
+    thread = _burst(url, total, published, threading.Event())
+    try:
+        deadline = time.monotonic() + 30
+        while len(published) < total // 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim = workers[('store', 0)]
+        os.kill(victim, signal.SIGKILL)
+    finally:
+        thread.join(60)
+    proc.wait_for_alerts(total, timeout=120)
+    time.sleep(1.5)
+    # Its listener handed the batch in progress back and started another.
+    assert re.search(r'The store process of listener 0 (was killed by '
+                     r'signal 9|stopped answering)', proc.log()), \
+        proc.log()[-3000:]
+    after = wait_workers(proc, EXPECTED)
+    assert after[('store', 0)] != victim
+    for key in EXPECTED - {('store', 0)}:
+        assert after[key] == workers[key], key
+    _once_each(proc, published)
+    assert proc.stop() == 0
 
 
 def test_a_killed_listener_is_restarted_and_nothing_is_lost(
@@ -123,8 +174,10 @@ def test_a_killed_listener_is_restarted_and_nothing_is_lost(
     assert line
     after = wait_workers(proc, EXPECTED)
     assert after[('listener', 1)] != victim
-    # The others kept their processes.
-    for key in EXPECTED - {('listener', 1)}:
+    # Its store process saw the pipe close and made way for a new one;
+    # the others kept their processes.
+    assert after[('store', 1)] != workers[('store', 1)]
+    for key in EXPECTED - {('listener', 1), ('store', 1)}:
         assert after[key] == workers[key], key
     proc.wait_for_alerts(total, timeout=120)
     time.sleep(1.5)
@@ -181,7 +234,7 @@ def test_roles_start_apart(tmp_path, rabbitmq_vhost):
     try:
         listen.start()
         rest.start(wait_for='starting router, delivery')
-        wait_workers(listen, {('listener', 0)})
+        wait_workers(listen, {('listener', 0), ('store', 0)})
         wait_workers(rest, {('router', 0), ('delivery', 0)})
         with rq.Publisher(url) as pub:
             publish_error(pub, 'req-apart')

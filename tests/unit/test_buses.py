@@ -323,8 +323,8 @@ def test_the_reject_key_is_the_region_s():
 
 
 class _Parent(workers.Context):
-    def __init__(self, conf, settings):
-        super().__init__(conf, settings, [], cmd_service.build_conf,
+    def __init__(self, conf, settings, args=()):
+        super().__init__(conf, settings, list(args), cmd_service.build_conf,
                          shared=False)
 
 
@@ -348,24 +348,31 @@ def _publish(transport, topic, request_id, instance=fx.UUID):
                                    exception="NoValidHost('x')"))
 
 
-def test_a_listener_process_listens_to_every_bus(tmp_path):
+@pytest.mark.parametrize('store_process', [True, False])
+def test_a_listener_process_listens_to_every_bus(tmp_path, store_process):
     """Two buses, two regions, two incidents of one failure.
 
     oslo.messaging's fake driver, a transport per bus (the fake driver's
     exchanges are shared by every transport of the process: the buses'
-    topics tell them apart here). Stopping stops both listeners.
+    topics tell them apart here). Stopping stops both listeners. With its
+    store process, or storing in the listener process.
     """
     conf = make_conf(tmp_path, '\n'.join([
         '[DEFAULT]', 'transport_url = fake:///one',
         '[listener]', 'region_name = RegionOne', 'batch_timeout = 0.02',
         'exchange = openstack', 'stop_timeout = 5',
+        'store_process = %s' % store_process,
         '[bus:two]', 'transport_url = fake:///two',
         'region_name = RegionTwo', 'topics = two',
         '[delivery]', 'state_dir = %s' % tmp_path, '']))
     settings = config.load(conf)
     assert [b.region for b in settings.buses] == ['RegionOne', 'RegionTwo']
-    context = _Parent(conf, settings)
+    # The store process reads the same file (the fake driver's messages
+    # stay in this process; only the batches cross the pipe).
+    context = _Parent(conf, settings,
+                      ['--config-file', str(tmp_path / 'buses.conf')])
     svc = workers.ListenerService(0, context)
+    store = outbox.Store.from_conf(conf)
     runner = threading.Thread(target=svc.run, daemon=True)
     runner.start()
     try:
@@ -377,7 +384,7 @@ def test_a_listener_process_listens_to_every_bus(tmp_path):
             _publish(one.transport, one.bus.topics[0], fx.REQ)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            found = fx.rows(svc.store, 'incidents')
+            found = fx.rows(store, 'incidents')
             if len(found) == 2:
                 break
             time.sleep(0.05)
@@ -387,7 +394,7 @@ def test_a_listener_process_listens_to_every_bus(tmp_path):
         for row in found:
             [item] = outbox.loads(row['records'])
             assert item['region'] == row['region']
-        assert len(fx.rows(svc.store, 'messages')) == 2
+        assert len(fx.rows(store, 'messages')) == 2
         svc.terminate()
         # Both listeners stopped: what comes now waits in the bus.
         for one in svc.buses:
@@ -395,7 +402,7 @@ def test_a_listener_process_listens_to_every_bus(tmp_path):
                 conf, url=one.bus.transport_url or 'fake:///one'),
                 one.bus.topics[0], 'req-after')
         time.sleep(0.5)
-        assert len(fx.rows(svc.store, 'incidents')) == 2
+        assert len(fx.rows(store, 'incidents')) == 2
     finally:
         svc.terminate()
         context.generations.cleanup()

@@ -139,6 +139,7 @@ class _Context:
     def __init__(self, generations):
         self.conf = cfg.ConfigOpts()
         self.settings = None
+        self.generation = 0
         self.generations = generations
         self.build_conf = cmd_service.build_conf
 
@@ -156,3 +157,20 @@ def test_a_process_loads_the_newest_generation_once(generations):
     assert stage.applied == [['y']] and stage.generation == 2
     stage.reload()
     assert stage.applied == [['y']]
+
+
+def test_a_process_started_after_a_reload_starts_in_its_generation(
+        generations):
+    """The supervisor forks a dead process again with what is in force."""
+    main, _ = generations.paths
+    main.write_text(text('x'))
+    generation, settings = generations.offer(cmd_service.build_conf)
+    context = _Context(generations)
+    context.settings, context.generation = settings, generation
+    stage = _Stage(context)
+    assert stage.generation == 1
+    assert sorted(stage.settings.receivers) == ['x']
+    stage.reload()
+    assert stage.applied == []
+    assert generations.args_of(1) == generations.args_for(1)
+    assert generations.args_of(0) == generations.args

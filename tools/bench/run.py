@@ -163,7 +163,8 @@ def cpu_seconds(pid):
 
 _TITLE_RE = re.compile(r'nova-error-notifier: (\w+) worker\(\d+\)')
 #: The stages of the service's process model, in the order reported.
-STAGES = ('listener', 'router', 'delivery', 'housekeeping', 'supervisor')
+STAGES = ('listener', 'store', 'router', 'delivery', 'housekeeping',
+          'supervisor')
 
 
 def stage_of(pid, supervisor):
