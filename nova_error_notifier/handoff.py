@@ -59,6 +59,10 @@ STOP_TIMEOUT = 10.0
 REQUEUE = oslo_messaging.NotificationResult.REQUEUE
 
 
+#: Signals meant for the service's processes, not for a store process.
+_GROUP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
+
+
 class StoreProcessError(RuntimeError):
     """The store process could not be started."""
 
@@ -116,7 +120,15 @@ class StoreProcess:
             args=(child, self.build_conf, self.args, self.worker_id,
                   self.generation))
         process.daemon = True
-        process.start()
+        # The signals of the process group (a SIGHUP reload, Ctrl-C) would
+        # kill the new interpreter before it can ignore them: it starts
+        # with them blocked (the mask is inherited), and ignores them
+        # first thing.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child.close()
         self._process, self._conn = process, parent
         try:
@@ -317,9 +329,9 @@ def main(conn, build_conf, args, worker_id, generation=0):
     """The store process: read batches from ``conn`` until it closes."""
     # The supervisor stops the listener, which stops this process through
     # the pipe: signals meant for the process group are not for it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for sig in _GROUP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _GROUP_SIGNALS)
     _title(worker_id)
     try:
         endpoints = _setup(build_conf, args)

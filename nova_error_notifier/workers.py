@@ -123,6 +123,10 @@ def _strip_config_args(args):
     return kept
 
 
+#: Generations whose copies are kept (the newest ones).
+KEEP_GENERATIONS = 4
+
+
 class Generations:
     """Copies of the configuration files, one directory per reload.
 
@@ -198,7 +202,9 @@ class Generations:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         self._current.value = generation
-        previous = os.path.join(self.root, str(generation - 2))
+        # A process may still be reading an older copy (a store process
+        # starting takes a second; reloads can come faster).
+        previous = os.path.join(self.root, str(generation - KEEP_GENERATIONS))
         shutil.rmtree(previous, ignore_errors=True)
         return generation, settings
 
@@ -414,15 +420,25 @@ class ListenerService(_Stage):
                  self.worker_id)
 
     def reload(self):
-        super().reload()
-        store_process = self.store_process
-        if store_process is not None and \
-                store_process.generation != self.generation:
+        generations = self.context.generations
+        while True:
+            super().reload()
+            store_process = self.store_process
+            if store_process is None or \
+                    store_process.generation == self.generation:
+                return
             # The store process reads the configuration itself: one of the
-            # generation in force takes its place.
-            store_process.renew(
-                self.context.generations.args_of(self.generation),
-                self.generation)
+            # generation in force takes its place. Starting it takes a
+            # moment, in which more reloads may come (and their SIGHUP be
+            # dropped): look again until the generation stays put.
+            try:
+                args = generations.args_of(self.generation)
+            except OSError:
+                # Already replaced by two newer generations: load those.
+                continue
+            store_process.renew(args, self.generation)
+            if generations.current == self.generation:
+                return
 
     def apply(self, settings):
         if self.buses and settings.buses and \

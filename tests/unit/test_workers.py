@@ -117,11 +117,11 @@ def test_an_unparsable_file_changes_nothing(generations):
 
 def test_old_generations_are_removed(generations):
     main, _ = generations.paths
-    for receiver in ('a', 'b', 'c'):
+    for receiver in ('a', 'b', 'c', 'd', 'e', 'f'):
         main.write_text(text(receiver))
         generations.offer(cmd_service.build_conf)
-    assert generations.current == 3
-    assert sorted(os.listdir(generations.root)) == ['2', '3']
+    assert generations.current == 6
+    assert sorted(os.listdir(generations.root)) == ['3', '4', '5', '6']
 
 
 class _Stage(workers._Stage):
