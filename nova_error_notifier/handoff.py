@@ -393,5 +393,5 @@ def _setup(build_conf, args):
             plugins, sink.add_many, reject=listener_mod.rejecter(store),
             healthy=store.ping, max_attempts=options.max_store_attempts,
             region=bus.region))
-    LOG.debug('Store process %d ready (pid %d)', os.getpid(), os.getpid())
+    LOG.debug('Store process ready (pid %d)', os.getpid())
     return wakeup, endpoints
